@@ -1,0 +1,1 @@
+"""Data: sources (digits, image folder, CelebA, archive), preparation, splits, lineage."""

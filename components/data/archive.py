@@ -1,0 +1,94 @@
+"""Safe extraction of .zip and .tar(.gz) archives of an image folder.
+
+Every member is checked before anything is written: absolute paths, ``..`` components, links
+that point outside the destination, and device files are refused with the member's name.
+"""
+
+from __future__ import annotations
+
+import stat
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from components.errors import DataError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _check_member_name(archive: Path, name: str) -> None:
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise DataError(f"{archive}: member {name!r} has an absolute path; refused (nothing extracted)")
+    if ".." in posix.parts:
+        raise DataError(f"{archive}: member {name!r} contains '..'; refused (nothing extracted)")
+
+
+def _inside(base: PurePosixPath, link_parent: PurePosixPath, target: str) -> bool:
+    if target.startswith("/"):
+        return False
+    parts: list[str] = []
+    for part in (link_parent / target).parts:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return False
+            parts.pop()
+        else:
+            parts.append(part)
+    return True
+
+
+def _check_zip(archive: Path, zf: zipfile.ZipFile) -> None:
+    for info in zf.infolist():
+        _check_member_name(archive, info.filename)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise DataError(f"{archive}: member {info.filename!r} is a symbolic link; refused (nothing extracted)")
+
+
+def _check_tar(archive: Path, tf: tarfile.TarFile) -> None:
+    root = PurePosixPath(".")
+    for member in tf.getmembers():
+        _check_member_name(archive, member.name)
+        if member.issym() or member.islnk():
+            parent = PurePosixPath(member.name).parent if member.issym() else root
+            if not _inside(root, parent, member.linkname):
+                raise DataError(
+                    f"{archive}: member {member.name!r} links to {member.linkname!r}, outside the archive; "
+                    "refused (nothing extracted)"
+                )
+        elif not (member.isfile() or member.isdir()):
+            raise DataError(f"{archive}: member {member.name!r} is a device or special file; refused")
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract ``archive`` into ``dest`` after checking every member; return the image root.
+
+    If the archive holds one top-level folder and nothing else, that folder is the root.
+    """
+    if not archive.is_file():
+        raise DataError(f"archive not found: {archive}")
+    name = archive.name.lower()
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                _check_zip(archive, zf)
+                zf.extractall(dest)
+        elif name.endswith((".tar", ".tar.gz", ".tgz")):
+            with tarfile.open(archive) as tf:
+                _check_tar(archive, tf)
+                tf.extractall(dest, filter="data")
+        else:
+            raise DataError(f"{archive}: unsupported archive type; expected one of {', '.join(ARCHIVE_SUFFIXES)}")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
+        raise DataError(f"{archive}: not a readable archive ({err})") from None
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return dest

@@ -1,0 +1,81 @@
+"""The DVC operations metagen runs, through DVC's Python API (``dvc.repo.Repo``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from components.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _env_for_stages() -> Iterator[None]:
+    """Stage commands (``metagen prepare``) must find this interpreter's console scripts."""
+    old_path = os.environ.get("PATH", "")
+    bindir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = bindir + os.pathsep + old_path
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    dvc_logger = logging.getLogger("dvc")
+    old_level = dvc_logger.level
+    dvc_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old_path
+        dvc_logger.setLevel(old_level)
+
+
+def _repo(root: Path):  # noqa: ANN202 - dvc has no public type here
+    from dvc.repo import Repo
+
+    try:
+        return Repo(str(root))
+    except Exception as err:  # dvc raises NotDvcRepoError and friends
+        raise DataError(f"{root}: not a DVC repository ({err}); run `dvc init` there") from None
+
+
+def dvc_add(root: Path, target: str) -> None:
+    with _env_for_stages():
+        repo = _repo(root)
+        try:
+            repo.add(target)
+        finally:
+            repo.close()
+
+
+def dvc_repro(root: Path, stage: str) -> None:
+    from dvc.exceptions import ReproductionError
+
+    with _env_for_stages():
+        repo = _repo(root)
+        try:
+            repo.reproduce(targets=[stage])
+        except ReproductionError as err:
+            cause = err.__cause__ or err
+            raise DataError(f"dvc repro {stage} failed: {cause}") from None
+        finally:
+            repo.close()
+
+
+def dvc_push(root: Path, remote: str | None = None) -> int:
+    with _env_for_stages():
+        repo = _repo(root)
+        try:
+            return int(repo.push(remote=remote) or 0)
+        finally:
+            repo.close()
+
+
+def dvc_pull(root: Path, targets: list[str] | None = None, remote: str | None = None) -> None:
+    with _env_for_stages():
+        repo = _repo(root)
+        try:
+            repo.pull(targets=targets, remote=remote)
+        finally:
+            repo.close()

@@ -1,0 +1,86 @@
+"""Ingestion: refresh ``data/`` from the configured source, ``dvc add`` it, ``dvc repro prepare``.
+
+Nothing is touched until the new snapshot has been decoded and split in full; if a DVC step fails
+afterwards, ``data/``, ``data.dvc`` and ``params.yaml`` are put back as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.data.dvc_ops import dvc_add, dvc_repro
+from components.data.lineage import DataVersion, data_version, raw_md5
+from components.data.prepare import build_splits, decode_classes
+from components.data.sources import materialize_source, scan_image_folder
+from components.params import Params
+from components.params_file import update_params_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    version: DataVersion
+    previous_raw_md5: str | None
+    num_classes: int
+
+    @property
+    def data_changed(self) -> bool:
+        return self.previous_raw_md5 is not None and self.previous_raw_md5 != self.version.raw_md5
+
+
+def _snapshot_and_check(params: Params, staging: Path) -> int:
+    materialize_source(params.data, staging)
+    decoded = decode_classes(scan_image_folder(staging), params.data)
+    build_splits(decoded, params.data)
+    return len(decoded.arrays)
+
+
+def ingest(root: Path, params: Params, param_updates: dict[str, Any] | None = None) -> IngestResult:
+    """Refresh the raw snapshot and the prepared splits; return the new data version.
+
+    ``param_updates`` (dotted keys, already applied to ``params``) are written to params.yaml so
+    that DVC's stage sees the same values.
+    """
+    root = Path(root).resolve()
+    raw = root / params.data.raw_dir
+    backups: dict[Path, str | None] = {
+        p: (p.read_text() if p.is_file() else None) for p in (root / "data.dvc", root / "params.yaml")
+    }
+    previous = raw_md5(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".{raw.name}.new-", dir=root))
+    try:
+        num_classes = _snapshot_and_check(params, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = raw.with_name(f".{raw.name}.old-{os.getpid()}")
+    if raw.exists():
+        os.replace(raw, old)
+    os.replace(staging, raw)
+    try:
+        if param_updates:
+            update_params_file(root / "params.yaml", param_updates)
+        dvc_add(root, params.data.raw_dir)
+        dvc_repro(root, "prepare")
+    except BaseException:
+        log.error("ingest failed; restoring %s, data.dvc and params.yaml", raw)
+        shutil.rmtree(raw, ignore_errors=True)
+        if old.exists():
+            os.replace(old, raw)
+        for path, text in backups.items():
+            if text is not None:
+                path.write_text(text)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    version = data_version(root, params.data.prepared_dir)
+    result = IngestResult(version=version, previous_raw_md5=previous, num_classes=num_classes)
+    if result.data_changed:
+        log.warning("data changed: data.dvc md5 %s -> %s", previous, version.raw_md5)
+    return result

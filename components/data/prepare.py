@@ -1,0 +1,129 @@
+"""Preparation (the ``prepare`` stage of dvc.yaml): raw class-per-folder tree -> split arrays.
+
+Output folder: ``train.npz``, ``val.npz``, ``test.npz`` (``images`` float32 (N, C, H, W) in
+[0, 1], ``labels`` int64 indices into ``classes``) and ``manifest.json``. Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.atomic import atomic_dir
+from components.data.arrays import load_npz, save_npz, sha256_file
+from components.data.images import BadImageError, load_image
+from components.data.sources import FolderListing, scan_image_folder
+from components.data.splits import SPLITS, split_classes
+from components.errors import DataError
+from components.params import DataParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodedClasses:
+    arrays: dict[str, np.ndarray]
+    skipped: list[str] = field(default_factory=list)
+    ignored: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One prepared split held in memory."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def by_class(self) -> list[np.ndarray]:
+        return [self.images[self.labels == i] for i in range(len(self.classes))]
+
+
+def decode_classes(listing: FolderListing, params: DataParams) -> DecodedClasses:
+    """Decode every image, apply ``on_bad_image`` and drop classes under ``min_images_per_class``."""
+    out = DecodedClasses(arrays={}, ignored=len(listing.ignored))
+    for cls, files in listing.classes.items():
+        images = []
+        for path in files:
+            try:
+                images.append(load_image(path, params.channels, params.image_size, params.max_image_pixels))
+            except BadImageError as err:
+                if params.on_bad_image == "fail":
+                    raise DataError(f"{err} (data.on_bad_image is 'fail')") from None
+                log.warning("skipping bad image %s", err)
+                out.skipped.append(str(path))
+        if len(images) < params.min_images_per_class:
+            log.warning(
+                "dropping class %r: %d image(s) < data.min_images_per_class=%d",
+                cls, len(images), params.min_images_per_class,
+            )
+            out.dropped[cls] = len(images)
+            continue
+        out.arrays[cls] = np.stack(images)
+    if not out.arrays:
+        raise DataError(
+            f"no class has at least data.min_images_per_class={params.min_images_per_class} readable images "
+            f"(dropped: {out.dropped})"
+        )
+    return out
+
+
+def build_splits(decoded: DecodedClasses, params: DataParams) -> dict[str, Split]:
+    assignment = split_classes(list(decoded.arrays), params.split)
+    splits = {}
+    for name in SPLITS:
+        classes = assignment[name]
+        images = np.concatenate([decoded.arrays[c] for c in classes]).astype(np.float32)
+        labels = np.concatenate([np.full(len(decoded.arrays[c]), i, dtype=np.int64) for i, c in enumerate(classes)])
+        splits[name] = Split(images=images, labels=labels, classes=classes)
+    return splits
+
+
+def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict[str, Any]:
+    """Read the raw tree, build the splits and write them atomically; return the manifest."""
+    listing = scan_image_folder(raw_dir)
+    decoded = decode_classes(listing, params)
+    splits = build_splits(decoded, params)
+    with atomic_dir(out_dir) as staging:
+        manifest: dict[str, Any] = {
+            "source": params.source,
+            "source_path": params.path,
+            "params": params.model_dump(mode="json"),
+            "splits": {},
+            "dropped_classes": decoded.dropped,
+            "skipped_images": {"count": len(decoded.skipped), "files": decoded.skipped},
+            "ignored_non_image_files": decoded.ignored,
+        }
+        for name, split in splits.items():
+            path = staging / f"{name}.npz"
+            save_npz(path, {"images": split.images, "labels": split.labels, "classes": np.array(split.classes)})
+            manifest["splits"][name] = {
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "classes": {c: int((split.labels == i).sum()) for i, c in enumerate(split.classes)},
+                "num_images": int(len(split.labels)),
+            }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    log.info("prepared %s: %s", out_dir, {k: len(v.classes) for k, v in splits.items()})
+    return manifest
+
+
+def load_split(prepared_dir: Path, name: str) -> Split:
+    path = Path(prepared_dir) / f"{name}.npz"
+    if not path.is_file():
+        raise DataError(f"prepared split not found: {path} (run `metagen ingest` first)")
+    arrays = load_npz(path)
+    return Split(images=arrays["images"], labels=arrays["labels"], classes=[str(c) for c in arrays["classes"]])
+
+
+def read_manifest(prepared_dir: Path) -> dict[str, Any]:
+    path = Path(prepared_dir) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path} (run `metagen ingest` first)")
+    return json.loads(path.read_text())

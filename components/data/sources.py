@@ -1,0 +1,144 @@
+"""Data sources, all offline: scikit-learn's digits, an image folder, CelebA, an archive.
+
+Each source becomes a *raw snapshot*: a class-per-folder tree of image files (class id = the
+folder's path relative to the root, e.g. ``Greek/character07``). That tree is what ``data/``
+holds, what ``data.dvc`` versions, and what preparation reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from components.data.archive import extract_archive
+from components.data.images import is_image_file
+from components.errors import DataError
+from components.params import DataParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FolderListing:
+    """The classes of a class-per-folder tree and the files that were ignored."""
+
+    classes: dict[str, list[Path]]
+    ignored: list[Path] = field(default_factory=list)
+
+
+def scan_image_folder(root: Path) -> FolderListing:
+    """List a class-per-folder tree; nested trees allowed, hidden entries skipped.
+
+    A folder that directly holds image files is a class. A leaf folder without images is an empty
+    class: a :class:`DataError` naming it.
+    """
+    if not root.exists():
+        raise DataError(f"source path does not exist: {root}")
+    if not root.is_dir():
+        raise DataError(f"source path is not a folder: {root}")
+    classes: dict[str, list[Path]] = {}
+    ignored: list[Path] = []
+    empty: list[str] = []
+    for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
+        rel = folder.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        files = [p for p in entries if p.is_file()]
+        images = [p for p in files if is_image_file(p)]
+        ignored.extend(p for p in files if not is_image_file(p))
+        has_subdirs = any(p.is_dir() for p in entries)
+        if images:
+            if folder == root:
+                raise DataError(
+                    f"{root}: image files lie directly in the root ({images[0].name}, ...); "
+                    "expected one sub-folder per class"
+                )
+            classes[rel.as_posix()] = images
+        elif not has_subdirs and folder != root:
+            empty.append(rel.as_posix())
+    if empty:
+        raise DataError(f"{root}: empty class folder(s) with no PNG/JPEG/BMP images: {', '.join(empty)}")
+    if not classes:
+        raise DataError(f"{root}: no class folders with images found")
+    if ignored:
+        log.info("ignored %d non-image file(s) under %s", len(ignored), root)
+    return FolderListing(classes=classes, ignored=ignored)
+
+
+def scan_celeba(root: Path) -> FolderListing:
+    """CelebA's layout: ``identity_CelebA.txt`` and ``img_align_celeba/`` or ``img_celeba/``."""
+    if not root.is_dir():
+        raise DataError(f"CelebA root does not exist or is not a folder: {root}")
+    ident = root / "identity_CelebA.txt"
+    if not ident.is_file():
+        raise DataError(f"{root}: identity_CelebA.txt not found (expected '<file> <identity>' lines)")
+    img_dir = next((root / d for d in ("img_align_celeba", "img_celeba") if (root / d).is_dir()), None)
+    if img_dir is None:
+        raise DataError(f"{root}: neither img_align_celeba/ nor img_celeba/ found")
+    classes: dict[str, list[Path]] = {}
+    for lineno, line in enumerate(ident.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise DataError(f"{ident}:{lineno}: expected '<file> <identity>', got {line!r}")
+        file, identity = parts
+        path = img_dir / file
+        if not path.is_file():
+            raise DataError(f"{ident}:{lineno}: names {file!r}, which is missing from {img_dir}")
+        classes.setdefault(identity, []).append(path)
+    if not classes:
+        raise DataError(f"{ident}: lists no images")
+    return FolderListing(classes=dict(sorted(classes.items(), key=lambda kv: int(kv[0]))))
+
+
+def export_digits(dest: Path) -> FolderListing:
+    """scikit-learn's bundled 8x8 digits as a class-per-folder PNG tree (deterministic bytes)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    classes: dict[str, list[Path]] = {}
+    for index, (img, label) in enumerate(zip(images, digits.target, strict=True)):
+        folder = dest / f"digit_{int(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{index:04d}.png"
+        Image.fromarray(img, mode="L").save(path, format="PNG", optimize=False)
+        classes.setdefault(folder.name, []).append(path)
+    return FolderListing(classes=dict(sorted(classes.items())))
+
+
+def _copy_listing(listing: FolderListing, dest: Path) -> FolderListing:
+    out: dict[str, list[Path]] = {}
+    for cls, files in listing.classes.items():
+        folder = dest / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for src in files:
+            target = folder / src.name
+            shutil.copyfile(src, target)
+            out.setdefault(cls, []).append(target)
+    return FolderListing(classes=out, ignored=listing.ignored)
+
+
+def materialize_source(params: DataParams, dest: Path) -> FolderListing:
+    """Write the configured source's raw snapshot into the empty folder ``dest``."""
+    if params.source == "digits":
+        return export_digits(dest)
+    assert params.path is not None  # guaranteed by DataParams validation
+    src = Path(params.path).expanduser()
+    if params.source == "image_folder":
+        return _copy_listing(scan_image_folder(src), dest)
+    if params.source == "celeba":
+        return _copy_listing(scan_celeba(src), dest)
+    if params.source == "archive":
+        with tempfile.TemporaryDirectory(prefix="metagen-archive-") as tmp:
+            root = extract_archive(src, Path(tmp))
+            return _copy_listing(scan_image_folder(root), dest)
+    raise DataError(f"data.source: unknown source {params.source!r}")

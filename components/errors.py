@@ -1,0 +1,17 @@
+"""Exceptions a user can act on: each names the file, key or value and what was expected."""
+
+
+class MetagenError(Exception):
+    """Base class of errors that the CLI reports as a one-line message and a non-zero exit."""
+
+
+class ParamsError(MetagenError):
+    """params.yaml (or a --set override) is invalid."""
+
+
+class DataError(MetagenError):
+    """Input data is missing, corrupt, unsafe or too small for the configured task."""
+
+
+class CheckpointError(MetagenError):
+    """A checkpoint is missing or does not match the configured model."""

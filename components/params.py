@@ -1,0 +1,278 @@
+"""Typed model of ``params.yaml``, the one config file that DVC and the flows share.
+
+Every section is a frozen pydantic model with ``extra="forbid"``. ``load_params`` reports every
+error with its key path (``meta.inner_lr: must be > 0, got -1``); ``apply_overrides`` handles
+``--set key.path=value`` and re-validates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import ParamsError
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class SplitParams(_Section):
+    seed: int
+    fractions: tuple[float, float, float]
+    classes: dict[Literal["train", "val", "test"], list[str]] | None
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitParams:
+        if any(f < 0 for f in self.fractions):
+            raise ValueError(f"fractions must be >= 0, got {list(self.fractions)}")
+        if abs(sum(self.fractions) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, got {list(self.fractions)} (sum {sum(self.fractions):g})")
+        if self.classes is not None:
+            missing = {"train", "val", "test"} - set(self.classes)
+            if missing:
+                raise ValueError(f"classes must list train, val and test; missing {sorted(missing)}")
+            seen: dict[str, str] = {}
+            for split, names in self.classes.items():
+                for name in names:
+                    if name in seen:
+                        raise ValueError(f"class {name!r} is in both {seen[name]} and {split}")
+                    seen[name] = split
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["digits", "image_folder", "celeba", "archive"]
+    path: str | None = None
+    raw_dir: str
+    prepared_dir: str
+    channels: Literal[1, 3]
+    image_size: Literal[28, 32, 64]
+    min_images_per_class: int = Field(ge=1)
+    on_bad_image: Literal["skip", "fail"]
+    max_image_pixels: int = Field(ge=1)
+    split: SplitParams
+
+    @model_validator(mode="after")
+    def _check(self) -> DataParams:
+        if self.source != "digits" and not self.path:
+            raise ValueError(f"path is required for source {self.source!r}")
+        return self
+
+
+class ModelParams(_Section):
+    latent_dim: int = Field(ge=1)
+    width: int = Field(ge=4)
+    likelihood: Literal["bernoulli", "gaussian"]
+    groupnorm_groups: int = Field(ge=0)
+
+
+class MetaParams(_Section):
+    algorithm: Literal["maml", "fomaml", "reptile", "metasgd"]
+    k_shot: int = Field(ge=1)
+    k_query: int = Field(ge=1)
+    meta_batch_size: int = Field(ge=1)
+    inner_steps: int = Field(ge=0)
+    inner_lr: float = Field(gt=0)
+    outer_lr: float = Field(gt=0)
+    adapt_scope: Literal["all", "decoder", "head"]
+    grad_clip: float = Field(gt=0)
+    vectorize: bool
+
+
+class TrainParams(_Section):
+    seed: int
+    steps: int = Field(ge=1)
+    val_every: int = Field(ge=1)
+    val_tasks: int = Field(ge=1)
+    report_every: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
+    checkpoint_dir: str
+    pretrain_steps: int = Field(ge=0)
+    pretrain_batch_size: int = Field(ge=1)
+    num_threads: int = Field(ge=0)
+    num_workers: int = Field(ge=1)
+    use_gpu: bool
+    cpus_per_worker: float = Field(gt=0)
+    max_failures: int = Field(ge=0)
+    ray_address: str | None
+    storage_path: str
+    fail_at_step: int | None
+
+
+class SearchDim(_Section):
+    low: float
+    high: float
+    log: bool
+    integer: bool
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchDim:
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high, got low={self.low} high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log-uniform needs low > 0, got {self.low}")
+        return self
+
+
+class TuneParams(_Section):
+    enabled: bool
+    num_samples: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    grace_period: int = Field(ge=1)
+    reduction_factor: int = Field(ge=2)
+    search_space: dict[str, SearchDim]
+
+
+class EvalParams(_Section):
+    seed: int
+    repeats: int = Field(ge=1)
+    adapt_steps: int = Field(ge=0)
+    inner_lr: float | None = Field(gt=0)
+    samples_per_class: int = Field(ge=2)
+    sampling: Literal["prior", "support"]
+    temperature: float = Field(gt=0)
+    extractor: Literal["domain", "inception"]
+    inception_weights: str | None
+    features_dir: str
+    feature_steps: int = Field(ge=1)
+    kid_subsets: int = Field(ge=1)
+    kid_subset_size: int = Field(ge=2)
+    baseline_lrs: list[float]
+    baseline_steps: int = Field(ge=0)
+    scratch_steps: int = Field(ge=0)
+    reports_dir: str
+
+
+class RegistryParams(_Section):
+    model_name: str
+    fid_threshold: float = Field(gt=0)
+    tracking_uri: str | None
+    experiment: str
+
+
+class ScheduleParams(_Section):
+    cron: str
+    timezone: str
+
+
+class Params(_Section):
+    data: DataParams
+    model: ModelParams
+    meta: MetaParams
+    train: TrainParams
+    tune: TuneParams
+    eval: EvalParams
+    registry: RegistryParams
+    schedule: ScheduleParams
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        need = self.meta.k_shot + self.meta.k_query
+        if need > self.data.min_images_per_class:
+            raise ValueError(
+                f"meta.k_shot + meta.k_query = {need} must be <= data.min_images_per_class "
+                f"({self.data.min_images_per_class}): every class must hold a support and a query set"
+            )
+        return self
+
+    def digest(self) -> str:
+        """Stable hash of every value, for lineage tags and cache keys."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "params"
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        msg = msg.replace("Input should be greater than", "must be >").replace("Input should be", "must be")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here)"
+        shown = "" if e["type"] in {"extra_forbidden", "missing"} or "input" not in e else f", got {e['input']!r}"
+        if isinstance(e.get("input"), dict):
+            shown = ""
+        lines.append(f"{loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def validate_params(raw: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"invalid {source}:\n{format_validation_error(err)}") from None
+
+
+def read_params_dict(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``dotted`` (e.g. ``meta.inner_lr``) set to ``value``."""
+    out = json.loads(json.dumps(raw))
+    keys = dotted.split(".")
+    node = out
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ParamsError(f"--set {item!r}: expected key.path=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        raw = set_path(raw, key.strip(), value)
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    raw = apply_overrides(read_params_dict(path), overrides or [])
+    return validate_params(raw, source=str(path))
+
+
+def with_updates(params: Params, updates: dict[str, Any]) -> Params:
+    """Apply dotted-key updates (e.g. a Tune sample) and re-validate."""
+    raw = params.model_dump(mode="json")
+    for key, value in updates.items():
+        raw = set_path(raw, key, value)
+    return validate_params(raw, source="updated params")
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """``{"meta.inner_lr": 0.1, ...}``: for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    walk("", params.model_dump(mode="json"))
+    return out

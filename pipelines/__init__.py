@@ -1,0 +1,1 @@
+"""Prefect flows and the ``metagen`` command line: thin wrappers around ``components``."""

@@ -1,0 +1,35 @@
+"""Process-wide settings an entry point applies once: offline switches, logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+OFFLINE_DEFAULTS = {
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "DO_NOT_TRACK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def apply_offline_defaults() -> None:
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("dvc", "dvc_data", "dvc_objects", "filelock", "urllib3", "matplotlib", "PIL", "alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
