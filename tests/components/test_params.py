@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.errors import ParamsError
+from components.params import flatten, load_params, with_updates
+from components.params_file import set_values_in_text, update_params_file
+from tests.conftest import PROJECT, base_raw, make_params
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_project_params_load() -> None:
+    params = load_params(PROJECT / "params.yaml")
+    assert params.data.source == "digits"
+    assert "meta.inner_lr" in flatten(params)
+
+
+def test_unknown_key_named(tmp_path: Path) -> None:
+    raw = base_raw()
+    raw["meta"]["inner_lrr"] = 0.1
+    with pytest.raises(ParamsError, match=r"meta\.inner_lrr: unknown key"):
+        load_params(write(tmp_path, raw))
+
+
+def test_wrong_type_named(tmp_path: Path) -> None:
+    raw = base_raw()
+    raw["train"]["steps"] = "many"
+    with pytest.raises(ParamsError, match=r"train\.steps: .*integer.*got 'many'"):
+        load_params(write(tmp_path, raw))
+
+
+def test_negative_learning_rate_message(tmp_path: Path) -> None:
+    raw = base_raw()
+    raw["meta"]["inner_lr"] = -1
+    with pytest.raises(ParamsError, match=r"meta\.inner_lr: must be > 0, got -1"):
+        load_params(write(tmp_path, raw))
+
+
+def test_fractions_must_sum_to_one(tmp_path: Path) -> None:
+    raw = base_raw()
+    raw["data"]["split"]["fractions"] = [0.5, 0.2, 0.2]
+    with pytest.raises(ParamsError, match=r"data\.split: fractions must sum to 1"):
+        load_params(write(tmp_path, raw))
+
+
+def test_k_shot_plus_query_over_min_images(tmp_path: Path) -> None:
+    raw = base_raw()
+    raw["meta"]["k_shot"] = 15
+    raw["meta"]["k_query"] = 10
+    with pytest.raises(ParamsError, match=r"k_shot \+ meta.k_query = 25 must be <= data.min_images_per_class"):
+        load_params(write(tmp_path, raw))
+
+
+def test_set_override_revalidates() -> None:
+    assert make_params("meta.inner_lr=0.01").meta.inner_lr == 0.01
+    with pytest.raises(ParamsError, match=r"meta\.inner_lr"):
+        make_params("meta.inner_lr=-3")
+    with pytest.raises(ParamsError, match="expected key.path=value"):
+        make_params("meta.inner_lr")
+
+
+def test_with_updates_and_digest() -> None:
+    a = make_params()
+    b = with_updates(a, {"meta.outer_lr": 0.005})
+    assert b.meta.outer_lr == 0.005 and a.digest() != b.digest()
+    assert with_updates(a, {}).digest() == a.digest()
+
+
+def test_update_file_keeps_comments(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text((PROJECT / "params.yaml").read_text())
+    update_params_file(p, {"data.source": "image_folder", "data.path": "/x/y", "data.split.seed": 7})
+    text = p.read_text()
+    assert "# digits | image_folder" in text
+    params = load_params(p)
+    assert (params.data.source, params.data.path, params.data.split.seed) == ("image_folder", "/x/y", 7)
+    assert params.meta == load_params(PROJECT / "params.yaml").meta
+
+
+def test_update_file_refuses_invalid(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    original = (PROJECT / "params.yaml").read_text()
+    p.write_text(original)
+    with pytest.raises(ParamsError, match="data.channels"):
+        update_params_file(p, {"data.channels": 2})
+    assert p.read_text() == original
+
+
+def test_set_values_in_text_nested_only_in_section() -> None:
+    text = "a:\n  seed: 1  # c\nb:\n  seed: 2\n"
+    assert set_values_in_text(text, {"b.seed": 5}) == "a:\n  seed: 1  # c\nb:\n  seed: 5\n"
