@@ -61,3 +61,15 @@ def small_data_overrides(path: Path, source: str = "image_folder") -> list[str]:
         "meta.k_query=3",
         "data.split.fractions=[0.5, 0.25, 0.25]",
     ]
+
+
+@pytest.fixture(scope="session")
+def digits_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default source (scikit-learn digits) prepared with the project's params.yaml."""
+    from components.data.prepare import prepare
+    from components.data.sources import export_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    export_digits(root / "raw")
+    prepare(root / "raw", root / "prepared", make_params().data)
+    return root / "prepared"

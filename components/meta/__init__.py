@@ -1,0 +1,1 @@
+"""Meta-learning: few-shot tasks, MAML / first-order MAML / Reptile / Meta-SGD, baselines, trainer."""

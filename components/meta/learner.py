@@ -1,0 +1,108 @@
+"""The meta-learner: meta-parameters (+ Meta-SGD's learned rates), the outer Adam, ``meta_step``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from components.meta.algorithms import AlgoConfig, adapt, meta_gradients
+from components.meta.tasks import TaskBatch
+from components.models.vae import ConvVAE, Params, param_dict
+from components.params import MetaParams
+
+Reducer = Callable[[Tensor], Tensor]
+
+
+class MetaLearner:
+    def __init__(self, model: ConvVAE, meta: MetaParams) -> None:
+        self.model = model
+        self.meta = meta
+        self.algo = AlgoConfig.from_params(meta, model)
+        named = dict(model.named_parameters())
+        self.lrs: nn.ParameterDict | None = None
+        if meta.algorithm == "metasgd":
+            self.lrs = nn.ParameterDict(
+                {k.replace(".", "__"): nn.Parameter(torch.full_like(named[k], meta.inner_lr)) for k in self.algo.keys}
+            )
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=meta.outer_lr)
+
+    # --- meta-parameters ----------------------------------------------------------------
+    def named_meta_parameters(self) -> dict[str, nn.Parameter]:
+        out = dict(self.model.named_parameters())
+        if self.lrs is not None:
+            out.update({f"lr::{k.replace('__', '.')}": v for k, v in self.lrs.items()})
+        return out
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.named_meta_parameters().values())
+
+    def params(self) -> Params:
+        return param_dict(self.model)
+
+    def inner_lrs(self) -> Params | None:
+        if self.lrs is None:
+            return None
+        return {k.replace("__", "."): v.detach() for k, v in self.lrs.items()}
+
+    # --- one meta-step --------------------------------------------------------------------
+    def compute_gradients(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean outer loss and meta-gradient over the tasks of ``batch`` (no parameter change)."""
+        return meta_gradients(self.model, self.params(), self.inner_lrs(), batch, self.algo, self.meta.vectorize)
+
+    def apply_gradients(self, grads: dict[str, Tensor]) -> float:
+        """Set ``.grad``, clip to ``meta.grad_clip``, take one Adam step; return the pre-clip norm."""
+        for name, p in self.named_meta_parameters().items():
+            p.grad = grads[name].to(p.dtype).clone()
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.meta.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.lrs is not None:
+            with torch.no_grad():
+                for p in self.lrs.values():
+                    p.clamp_(min=0.0)
+        return float(norm)
+
+    def meta_step(self, batch: TaskBatch, weight: float = 1.0, reduce: Reducer | None = None) -> dict[str, float]:
+        """Compute, (optionally) all-reduce and apply the meta-gradient; return metrics.
+
+        With data-parallel workers each passes its shard, ``weight = len(shard) / meta_batch`` and
+        a sum all-reduce, so every worker applies the gradient of the whole meta-batch.
+        """
+        loss, grads = self.compute_gradients(batch)
+        names = list(grads)
+        flat = torch.cat([grads[k].reshape(-1) for k in names] + [loss.reshape(1)]) * weight
+        if reduce is not None:
+            flat = reduce(flat)
+        loss = flat[-1]
+        out, offset = {}, 0
+        for k in names:
+            n = grads[k].numel()
+            out[k] = flat[offset : offset + n].view_as(grads[k])
+            offset += n
+        norm = self.apply_gradients(out)
+        return {"train_loss": float(loss), "grad_norm": norm}
+
+    # --- adaptation for evaluation ----------------------------------------------------------
+    def adapt(self, support: Tensor, steps: int, inner_lr: float | None, generator: torch.Generator) -> Params:
+        """Adapt a copy of the meta-parameters on ``support`` (no graph kept)."""
+        lr = self.inner_lrs() if (inner_lr is None and self.lrs is not None) else (inner_lr or self.meta.inner_lr)
+        eps = torch.randn(max(steps, 1), support.shape[0], self.model.cfg.latent_dim, generator=generator)
+        fast = adapt(self.model, self.params(), support, steps, lr, eps.to(support.dtype), self.algo.keys)
+        return {k: v.detach() for k, v in fast.items()}
+
+    # --- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "lrs": self.lrs.state_dict() if self.lrs is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.lrs is not None and state.get("lrs") is not None:
+            self.lrs.load_state_dict(state["lrs"])
+        self.optimizer.load_state_dict(state["optimizer"])

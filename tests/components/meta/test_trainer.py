@@ -1,0 +1,61 @@
+"""The in-process trainer: a real learning test on the digits, bit-identical resumption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.data.prepare import load_split
+from components.meta.checkpoint import load_checkpoint
+from components.meta.trainer import load_learner, make_sampler, train_local, validate
+from components.errors import CheckpointError
+from tests.conftest import make_params
+
+FAST = ["model.width=16", "meta.meta_batch_size=2", "meta.k_query=5", "train.val_tasks=4", "train.val_every=5",
+        "train.report_every=5", "train.checkpoint_every=5"]
+
+
+def test_resume_is_bit_identical(tmp_path: Path, digits_prepared: Path) -> None:
+    params = make_params(*FAST, "train.steps=12", "meta.algorithm=metasgd", "meta.inner_steps=1")
+    straight = train_local(params, digits_prepared, tmp_path / "a", progress=False)
+    train_local(params, digits_prepared, tmp_path / "b", progress=False, stop_after=7)
+    assert load_checkpoint(tmp_path / "b")["step"] == 7
+    resumed = train_local(params, digits_prepared, tmp_path / "b", progress=False)
+    assert straight.step == resumed.step == 12
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    for k, v in a["learner"]["model"].items():
+        assert torch.equal(v, b["learner"]["model"][k]), k
+    for k, v in a["learner"]["lrs"].items():
+        assert torch.equal(v, b["learner"]["lrs"][k]), k
+    assert a["history"] == b["history"]
+
+
+def test_other_params_do_not_resume(tmp_path: Path, digits_prepared: Path) -> None:
+    train_local(make_params(*FAST, "train.steps=3"), digits_prepared, tmp_path, progress=False)
+    result = train_local(make_params(*FAST, "train.steps=3", "meta.outer_lr=0.002"), digits_prepared, tmp_path,
+                         progress=False)
+    assert result.step == 3 and load_checkpoint(tmp_path)["params"]["meta"]["outer_lr"] == 0.002
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable metagen checkpoint"):
+        load_learner(tmp_path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_learner(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_meta_training_makes_adaptation_help_on_held_out_digits(tmp_path: Path, digits_prepared: Path) -> None:
+    params = make_params("train.steps=200", "train.val_every=100", "train.checkpoint_every=100")
+    result = train_local(params, digits_prepared, tmp_path, progress=False)
+    learner, params, _, _ = load_learner(result.checkpoint)
+    test = load_split(digits_prepared, "test")
+    sampler = make_sampler(params, test, seed=99)
+    scores = validate(learner, sampler, n_tasks=8, steps=5, seed=7)
+    # adapting on K=5 images of an unseen digit must lower its query negative ELBO clearly
+    assert scores["val_loss"] < scores["val_loss_unadapted"] - 2.0, scores
+    first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
+    assert last < first
