@@ -145,6 +145,8 @@ class EvalParams(_Section):
     baseline_lrs: list[float]
     baseline_steps: int = Field(ge=0)
     scratch_steps: int = Field(ge=0)
+    augment_steps: int = Field(ge=1)
+    pretrain_lr: float = Field(gt=0)
     reports_dir: str
 
 

@@ -82,6 +82,72 @@ def version(project_dir: ProjectOpt = Path("."), params_path: ParamsOpt = Path("
     console.print_json(data=data_version(project_dir, params.data.prepared_dir).__dict__)
 
 
+@app.command()
+def features(params_path: ParamsOpt = Path("params.yaml"), project_dir: ProjectOpt = Path(".")) -> None:
+    """The dvc.yaml `features` stage: train the domain feature extractor on meta-train classes."""
+    from components.evaluation.evaluate import build_domain_features
+
+    params = _load(params_path, None)
+    metrics = build_domain_features(params, project_dir / params.data.prepared_dir, project_dir / params.eval.features_dir)
+    console.print_json(data=metrics)
+
+
+@app.command()
+def train(
+    local: Annotated[bool, typer.Option("--local", help="in-process trainer instead of Ray Train")] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Meta-train the generator (Ray Train; `--local`: in this process) and write a checkpoint."""
+    params = _load(params_path, set_)
+    prepared = project_dir / params.data.prepared_dir
+    out = project_dir / params.train.checkpoint_dir
+    if local:
+        from components.meta.trainer import train_local
+
+        result = train_local(params, prepared, out, progress=True)
+    else:
+        from components.training import train_distributed
+
+        result = train_distributed(params, prepared, out)
+    console.print(f"checkpoint: {result.checkpoint} (step {result.step}, final val -ELBO {result.final_val_loss})")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="a checkpoint file or folder")] = None,
+    model: Annotated[Optional[str], typer.Option(help="a registry URI, e.g. models:/metagen@champion")] = None,
+    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="evaluate the meta-model only")] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Few-shot FID/KID/ELBO/augmentation table: meta-model vs pretrain vs scratch vs support replay."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from components.evaluation.evaluate import evaluate as run_evaluate
+    from components.meta.trainer import load_learner
+
+    params = _load(params_path, set_)
+    if model is not None:
+        from components.registry import load_registered_learner
+
+        restored = load_registered_learner(model, params)
+    else:
+        restored = load_learner(checkpoint or project_dir / params.train.checkpoint_dir)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("evaluating", total=None)
+        out = run_evaluate(
+            restored.learner, params, project_dir / params.data.prepared_dir, project_dir / params.eval.reports_dir,
+            project_dir / params.eval.features_dir, project_dir / params.train.checkpoint_dir,
+            history=restored.state.history, baselines=not no_baselines,
+            step=lambda msg: bar.update(task, description=f"evaluating: {msg}"),
+        )
+    console.print(out.markdown_path.read_text())
+    console.print(f"report: {out.report_path}; pictures: {', '.join(str(p) for p in out.pictures)}")
+
+
 def main() -> None:
     from pipelines.runtime import apply_offline_defaults, configure_logging
 

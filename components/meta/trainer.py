@@ -11,11 +11,12 @@ from typing import Any
 import torch
 
 from components.data.prepare import Split, load_split
+from components.errors import CheckpointError
 from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from components.meta.learner import MetaLearner, Reducer
 from components.meta.tasks import TaskBatch, TaskSampler
 from components.models.vae import VAEConfig, build_vae, per_pixel_loss
-from components.params import Params, validate_params
+from components.params import MetaParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,8 @@ def vae_config(params: Params, split: Split) -> VAEConfig:
     return VAEConfig.from_params(params.model, channels=c, image_size=h)
 
 
-def build_learner(params: Params, cfg: VAEConfig) -> MetaLearner:
-    return MetaLearner(build_vae(cfg, seed=params.train.seed), params.meta)
+def build_learner(meta: MetaParams, cfg: VAEConfig, seed: int) -> MetaLearner:
+    return MetaLearner(build_vae(cfg, seed=seed), meta)
 
 
 def make_sampler(params: Params, split: Split, seed: int) -> TaskSampler:
@@ -76,16 +77,29 @@ def checkpoint_payload(learner: MetaLearner, params: Params, cfg: VAEConfig, sta
     }
 
 
-def restore(payload: dict[str, Any]) -> tuple[MetaLearner, Params, VAEConfig, TrainState]:
-    params = validate_params(payload["params"], source="checkpoint params")
-    cfg = VAEConfig(**payload["vae"])
-    learner = build_learner(params, cfg)
-    learner.load_state_dict(payload["learner"])
+@dataclass
+class Restored:
+    learner: MetaLearner
+    cfg: VAEConfig
+    state: TrainState
+    params: dict[str, Any]  # the params it was trained with, as stored (may predate today's schema)
+
+
+def restore(payload: dict[str, Any]) -> Restored:
+    """Rebuild the learner from a checkpoint: only its ``meta`` section and the VAE config matter."""
+    try:
+        meta = MetaParams.model_validate(payload["params"]["meta"])
+        cfg = VAEConfig(**payload["vae"])
+        learner = build_learner(meta, cfg, seed=0)
+        learner.load_state_dict(payload["learner"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint does not match this version of metagen: {err}") from None
     torch.set_rng_state(payload["rng"])
-    return learner, params, cfg, TrainState(step=int(payload["step"]), history=list(payload["history"]))
+    state = TrainState(step=int(payload["step"]), history=list(payload["history"]))
+    return Restored(learner, cfg, state, payload["params"])
 
 
-def load_learner(path: Path) -> tuple[MetaLearner, Params, VAEConfig, TrainState]:
+def load_learner(path: Path) -> Restored:
     return restore(load_checkpoint(path))
 
 
@@ -119,11 +133,12 @@ def train_local(
     val_split = load_split(prepared_dir, "val")
     cfg = vae_config(params, train_split)
     ckpt = Path(out_dir) / FILENAME
-    learner, state = build_learner(params, cfg), TrainState()
+    learner, state = build_learner(params.meta, cfg, params.train.seed), TrainState()
     if ckpt.is_file():
         payload = load_checkpoint(ckpt)
         if payload["params"] == params.model_dump(mode="json"):
-            learner, _, cfg, state = restore(payload)
+            restored = restore(payload)
+            learner, state = restored.learner, restored.state
             log.info("resuming from %s at step %d", ckpt, state.step)
         else:
             log.info("ignoring %s: trained with other params", ckpt)

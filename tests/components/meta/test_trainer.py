@@ -51,7 +51,7 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 def test_meta_training_makes_adaptation_help_on_held_out_digits(tmp_path: Path, digits_prepared: Path) -> None:
     params = make_params("train.steps=200", "train.val_every=100", "train.checkpoint_every=100")
     result = train_local(params, digits_prepared, tmp_path, progress=False)
-    learner, params, _, _ = load_learner(result.checkpoint)
+    learner = load_learner(result.checkpoint).learner
     test = load_split(digits_prepared, "test")
     sampler = make_sampler(params, test, seed=99)
     scores = validate(learner, sampler, n_tasks=8, steps=5, seed=7)

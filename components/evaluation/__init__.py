@@ -1,0 +1,1 @@
+"""Evaluation: feature extractors, FID/KID, the few-shot protocol, pictures and reports."""

@@ -1,0 +1,245 @@
+"""Feature extractors behind one interface: ``features(images) -> (n, d)`` and a ``digest``.
+
+* ``domain``: a small CNN classifier trained on the meta-train classes only (dvc.yaml stage
+  ``features``); its penultimate layer is the feature space.
+* ``inception``: the standard FID Inception-v3 pool3 (2048-d) built from pytorch-fid's blocks, with
+  weights read from a local file; never downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from components.atomic import atomic_file
+from components.errors import MetagenError
+
+log = logging.getLogger(__name__)
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+
+class FeatureExtractor(Protocol):
+    name: str
+    digest: str
+
+    def features(self, images: Tensor) -> np.ndarray: ...
+
+
+def state_digest(name: str, state: dict[str, Tensor]) -> str:
+    h = hashlib.sha256(name.encode())
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- domain CNN ------------------------------------------------------------------------------------
+class DomainCNN(nn.Module):
+    def __init__(self, channels: int, num_classes: int, feature_dim: int = 128) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, 1, 1), nn.GroupNorm(8, 32), nn.SiLU(),
+            nn.Conv2d(32, 64, 4, 2, 1), nn.GroupNorm(8, 64), nn.SiLU(),
+            nn.Conv2d(64, 128, 4, 2, 1), nn.GroupNorm(8, 128), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(128, feature_dim), nn.SiLU(),
+        )
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+def train_classifier(
+    images: Tensor, labels: Tensor, num_classes: int, steps: int, seed: int, batch_size: int = 64, lr: float = 2e-3
+) -> DomainCNN:
+    """Adam on cross-entropy, seeded; light shift augmentation."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DomainCNN(images.shape[1], num_classes)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=gen)
+        x = images[idx]
+        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+        x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+        loss = F.cross_entropy(net(x), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+    return net
+
+
+@torch.no_grad()
+def accuracy(net: DomainCNN, images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        correct += int((net(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+    return correct / max(len(images), 1)
+
+
+@dataclass
+class DomainExtractor:
+    net: DomainCNN
+    name: str = "domain"
+
+    @property
+    def digest(self) -> str:
+        return state_digest(self.name, self.net.state_dict())
+
+    @torch.no_grad()
+    def features(self, images: Tensor, batch_size: int = 256) -> np.ndarray:
+        self.net.eval()
+        out = [self.net.body(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)]
+        return torch.cat(out).double().numpy()
+
+
+def save_domain_extractor(path: Path, net: DomainCNN, meta: dict) -> None:
+    with atomic_file(path) as tmp:
+        torch.save({"state": net.state_dict(), "meta": meta}, tmp)
+
+
+def load_domain_extractor(path: Path) -> DomainExtractor:
+    path = Path(path)
+    if not path.is_file():
+        raise MetagenError(f"domain feature extractor not found: {path} (run `dvc repro features` or `metagen features`)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta = blob["meta"]
+    net = DomainCNN(int(meta["channels"]), int(meta["num_classes"]))
+    net.load_state_dict(blob["state"])
+    return DomainExtractor(net.eval())
+
+
+def fit_domain_extractor(train_images: np.ndarray, train_labels: np.ndarray, steps: int, seed: int,
+                         holdout: float = 0.2) -> tuple[DomainCNN, dict]:
+    """Train on meta-train classes, holding out ``holdout`` of each class's images for accuracy."""
+    rng = np.random.default_rng(seed)
+    test_mask = np.zeros(len(train_labels), dtype=bool)
+    for c in np.unique(train_labels):
+        idx = np.flatnonzero(train_labels == c)
+        test_mask[rng.choice(idx, max(1, int(len(idx) * holdout)), replace=False)] = True
+    x, y = torch.from_numpy(train_images), torch.from_numpy(train_labels)
+    num_classes = int(train_labels.max()) + 1
+    net = train_classifier(x[~test_mask], y[~test_mask], num_classes, steps, seed)
+    metrics = {
+        "heldout_accuracy": accuracy(net, x[test_mask], y[test_mask]),
+        "train_accuracy": accuracy(net, x[~test_mask], y[~test_mask]),
+        "num_classes": num_classes,
+        "heldout_images": int(test_mask.sum()),
+        "steps": steps,
+    }
+    return net, metrics
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+# --- Inception (standard FID) -------------------------------------------------------------------
+def inception_weights_path(configured: str | None) -> Path:
+    """The local weights file: ``eval.inception_weights`` or torch hub's cache; never downloads."""
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise MetagenError(
+                f"eval.inception_weights: file not found: {path}. Put pytorch-fid's {INCEPTION_FILE} there "
+                "(nothing is downloaded at run time)"
+            )
+        return path
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if not path.is_file():
+        raise MetagenError(
+            f"standard FID needs the Inception weights {INCEPTION_FILE}: put the file at {path} or set "
+            "eval.inception_weights to its path (nothing is downloaded at run time); "
+            "or use eval.extractor: domain"
+        )
+    return path
+
+
+def build_fid_inception() -> nn.Module:
+    """pytorch-fid's FID Inception-v3 architecture, without weights (no download)."""
+    from pytorch_fid import inception as pfi
+    from torchvision.models.inception import inception_v3
+
+    net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
+    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+    return net
+
+
+@dataclass
+class InceptionExtractor:
+    net: nn.Module
+    weights_digest: str
+    name: str = "inception"
+
+    @property
+    def digest(self) -> str:
+        return self.weights_digest
+
+    @torch.no_grad()
+    def _pool_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        x = images.float()
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        n = self.net
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"):
+            x = getattr(n, name)(x)
+        x = F.max_pool2d(x, 3, 2)
+        x = n.Conv2d_3b_1x1(x)
+        x = n.Conv2d_4a_3x3(x)
+        x = F.max_pool2d(x, 3, 2)
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(n, name)(x)
+        pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return pool, n.fc(pool)
+
+    def features(self, images: Tensor, batch_size: int = 32) -> np.ndarray:
+        self.net.eval()
+        return torch.cat([self._pool_and_logits(images[i : i + batch_size])[0]
+                          for i in range(0, len(images), batch_size)]).double().numpy()
+
+    def inception_score(self, images: Tensor, splits: int = 10, batch_size: int = 32) -> tuple[float, float]:
+        logits = torch.cat([self._pool_and_logits(images[i : i + batch_size])[1]
+                            for i in range(0, len(images), batch_size)]).double()
+        probs = F.softmax(logits, dim=1).numpy()
+        scores = []
+        for part in np.array_split(probs, min(splits, len(probs))):
+            py = part.mean(0, keepdims=True)
+            kl = (part * (np.log(part + 1e-12) - np.log(py + 1e-12))).sum(1).mean()
+            scores.append(np.exp(kl))
+        return float(np.mean(scores)), float(np.std(scores))
+
+
+def load_inception_extractor(configured: str | None) -> InceptionExtractor:
+    path = inception_weights_path(configured)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net = build_fid_inception()
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise MetagenError(f"{path}: not pytorch-fid's FID Inception weights ({str(err)[:200]})") from None
+    return InceptionExtractor(net.eval(), state_digest("inception", state))

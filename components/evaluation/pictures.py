@@ -1,0 +1,77 @@
+"""Pictures: sample grids (torchvision's make_grid / save_image), FID bars, loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from components.atomic import atomic_file
+
+
+def sample_grid(supports: list[Tensor], samples: list[Tensor], per_row: int) -> Tensor:
+    """One row per class: its K support images, a blank, then ``per_row`` generated images."""
+    rows = []
+    for sup, gen in zip(supports, samples, strict=True):
+        blank = torch.ones_like(sup[:1])
+        rows.append(torch.cat([sup, blank, gen[:per_row]]))
+    ncol = max(len(r) for r in rows)
+    padded = [torch.cat([r, torch.ones_like(r[:1]).repeat(ncol - len(r), 1, 1, 1)]) for r in rows]
+    return make_grid(torch.cat(padded), nrow=ncol, padding=2, pad_value=0.5)
+
+
+def save_grid(path: Path, grid: Tensor) -> Path:
+    with atomic_file(path) as tmp:
+        save_image(grid, tmp, format="png")
+    return path
+
+
+def _figure():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fid_bar_chart(path: Path, rows: list[dict[str, Any]]) -> Path:
+    plt = _figure()
+    labels = [f"{r['model']}\n{r['sampling']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2, 3.5))
+    ax.bar(labels, [r["fid_mean"] for r in rows], yerr=[r["fid_std"] for r in rows], capsize=4, color="#4c72b0")
+    ax.set_ylabel("few-shot FID (lower is better)")
+    ax.set_title("FID on meta-test classes")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def loss_curve(path: Path, history: list[dict[str, float]]) -> Path | None:
+    vals = [(h["step"], h["val_loss"], h.get("val_loss_unadapted")) for h in history if "val_loss" in h]
+    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    if not vals and not train:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    if train:
+        ax[0].plot([s for s, _ in train], [v for _, v in train])
+        ax[0].set_title("meta-train outer loss (nats/pixel)")
+        ax[0].set_xlabel("meta-step")
+    if vals:
+        ax[1].plot([s for s, _, _ in vals], [v for _, v, _ in vals], marker="o", label="after adaptation")
+        if all(u is not None for _, _, u in vals):
+            ax[1].plot([s for s, _, _ in vals], [u for _, _, u in vals], marker="x", label="unadapted")
+        ax[1].set_title("meta-val query -ELBO (nats/image)")
+        ax[1].set_xlabel("meta-step")
+        ax[1].legend()
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
