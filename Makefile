@@ -26,6 +26,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/meta_step.py
 	$(BIN)/python benchmarks/fid.py
 
