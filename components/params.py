@@ -105,13 +105,22 @@ class TrainParams(_Section):
 
 
 class SearchDim(_Section):
-    low: float
-    high: float
-    log: bool
-    integer: bool
+    """A log-/uniform range (``low``, ``high``) or an explicit grid (``values``)."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = True
+    integer: bool = False
+    values: list[float] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SearchDim:
+        if self.values is not None:
+            if not self.values:
+                raise ValueError("values must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high, or values")
         if not self.low < self.high:
             raise ValueError(f"low must be < high, got low={self.low} high={self.high}")
         if self.log and self.low <= 0:
@@ -126,6 +135,15 @@ class TuneParams(_Section):
     grace_period: int = Field(ge=1)
     reduction_factor: int = Field(ge=2)
     search_space: dict[str, SearchDim]
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneParams:
+        allowed = {"meta.inner_lr", "meta.outer_lr", "meta.inner_steps", "meta.meta_batch_size", "model.latent_dim",
+                   "model.width", "meta.grad_clip"}
+        unknown = sorted(set(self.search_space) - allowed)
+        if unknown:
+            raise ValueError(f"search_space: cannot search {unknown}; searchable: {sorted(allowed)}")
+        return self
 
 
 class EvalParams(_Section):

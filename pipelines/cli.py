@@ -115,6 +115,21 @@ def train(
 
 
 @app.command()
+def tune(
+    params_path: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Ray Tune over tune.search_space with ASHA; prints the best config and writes the results table."""
+    from components.tuning import run_tune
+
+    params = _load(params_path, set_)
+    outcome = run_tune(params, project_dir / params.data.prepared_dir, project_dir / params.eval.reports_dir)
+    console.print(f"best {outcome.best_config} ({outcome.best_metric:.2f}); table: {outcome.table_path}")
+    console.print("train with: metagen train " + " ".join(f"--set {k}={v}" for k, v in outcome.best_config.items()))
+
+
+@app.command()
 def evaluate(
     checkpoint: Annotated[Optional[Path], typer.Option(help="a checkpoint file or folder")] = None,
     model: Annotated[Optional[str], typer.Option(help="a registry URI, e.g. models:/metagen@champion")] = None,

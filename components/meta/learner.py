@@ -90,7 +90,7 @@ class MetaLearner:
         """Adapt a copy of the meta-parameters on ``support`` (no graph kept)."""
         lr = self.inner_lrs() if (inner_lr is None and self.lrs is not None) else (inner_lr or self.meta.inner_lr)
         eps = torch.randn(max(steps, 1), support.shape[0], self.model.cfg.latent_dim, generator=generator)
-        fast = adapt(self.model, self.params(), support, steps, lr, eps.to(support.dtype), self.algo.keys)
+        fast = adapt(self.model, self.params(), support, steps, lr, eps.to(support), self.algo.keys)
         return {k: v.detach() for k, v in fast.items()}
 
     # --- state ------------------------------------------------------------------------------

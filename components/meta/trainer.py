@@ -85,17 +85,25 @@ class Restored:
     params: dict[str, Any]  # the params it was trained with, as stored (may predate today's schema)
 
 
+def resume_into(learner: MetaLearner, payload: dict[str, Any]) -> TrainState:
+    """Load a checkpoint's state into ``learner`` (already on its device) and the global RNG."""
+    try:
+        learner.load_state_dict(payload["learner"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint does not match this model: {err}") from None
+    torch.set_rng_state(payload["rng"])
+    return TrainState(step=int(payload["step"]), history=list(payload["history"]))
+
+
 def restore(payload: dict[str, Any]) -> Restored:
     """Rebuild the learner from a checkpoint: only its ``meta`` section and the VAE config matter."""
     try:
         meta = MetaParams.model_validate(payload["params"]["meta"])
         cfg = VAEConfig(**payload["vae"])
-        learner = build_learner(meta, cfg, seed=0)
-        learner.load_state_dict(payload["learner"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint does not match this version of metagen: {err}") from None
-    torch.set_rng_state(payload["rng"])
-    state = TrainState(step=int(payload["step"]), history=list(payload["history"]))
+    learner = build_learner(meta, cfg, seed=0)
+    state = resume_into(learner, payload)
     return Restored(learner, cfg, state, payload["params"])
 
 

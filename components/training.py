@@ -1,0 +1,216 @@
+"""Data-parallel meta-training with Ray Train (V2): one worker per share of the meta-batch.
+
+Every worker draws the same meta-batch for a step (seeded by ``(seed, step)``) and keeps its share
+``rank::world``; meta-gradients are summed across workers with ``torch.distributed`` (gloo on CPU,
+NCCL on CUDA; Ray's ``TorchTrainer`` sets the process group up), so each worker applies the
+gradient of the whole meta-batch to identical parameters. Rank 0 validates, reports and
+checkpoints; a restarted worker group resumes from ``ray.train.get_checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.data.prepare import load_split
+from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from components.meta.trainer import (
+    TrainResult,
+    TrainState,
+    build_learner,
+    checkpoint_payload,
+    make_sampler,
+    resume_into,
+    train_step,
+    vae_config,
+)
+from components.params import Params, validate_params
+
+log = logging.getLogger(__name__)
+FAULT_MARKER = ".fault_injected"
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _should_report(step: int, params: Params) -> bool:
+    t = params.train
+    return step % t.report_every == 0 or step % t.checkpoint_every == 0 or step == t.steps
+
+
+def _inject_fault(params: Params, step: int, rank: int, world: int, run_dir: Path) -> None:
+    """Test hook (``train.fail_at_step``): the last rank dies once, hard, at that step."""
+    if params.train.fail_at_step != step or rank != world - 1:
+        return
+    marker = run_dir / FAULT_MARKER
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"rank {rank} killed at step {step}\n")
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """The Ray Train worker function; ``config`` holds the params as plain JSON data."""
+    import ray.train
+    import ray.train.torch
+
+    params = validate_params(config["params"], source="train_loop_config")
+    prepared = Path(config["prepared_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    device = ray.train.torch.get_device() if params.train.use_gpu else torch.device("cpu")
+
+    train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")
+    cfg = vae_config(params, train_split)
+    learner, state = build_learner(params.meta, cfg, params.train.seed), TrainState()
+    learner.model.to(device)  # in place: the optimizer keeps its parameters
+    if learner.lrs is not None:
+        learner.lrs.to(device)
+    resumed_from = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = resume_into(learner, load_checkpoint(Path(d)))
+        resumed_from = state.step
+
+    from components.meta.trainer import validate
+
+    sampler = make_sampler(params, train_split, params.train.seed)
+    val_sampler = make_sampler(params, val_split, params.train.seed + 1)
+    reduce = _all_reduce_sum if world > 1 else None
+    steps_done = []
+    started = time.perf_counter()
+    while state.step < params.train.steps:
+        _inject_fault(params, state.step, rank, world, Path(config["run_dir"]))
+        batch = sampler.sample(state.step, params.meta.meta_batch_size).to(device)
+        metrics = train_step(learner, batch, rank, world, reduce)
+        state.step += 1
+        steps_done.append(state.step)
+        if not _should_report(state.step, params):
+            continue
+        record: dict[str, Any] = {"step": state.step, **metrics, "world_size": world,
+                                  "steps_per_s": len(steps_done) / (time.perf_counter() - started)}
+        if rank == 0 and (state.step % params.train.val_every == 0 or state.step == params.train.steps):
+            record.update(validate(learner, val_sampler, params.train.val_tasks, params.meta.inner_steps,
+                                   params.train.seed))
+        if rank == 0:
+            state.history.append({k: float(v) for k, v in record.items()})
+        ckpt = None
+        tmp = None
+        if rank == 0 and (state.step % params.train.checkpoint_every == 0 or state.step == params.train.steps):
+            tmp = tempfile.mkdtemp(prefix="metagen-ckpt-")
+            save_checkpoint(Path(tmp) / FILENAME, checkpoint_payload(learner, params, cfg, state))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(record, checkpoint=ckpt)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    summary = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+               "resumed_from": resumed_from, "first_step": steps_done[0] if steps_done else None,
+               "last_step": state.step, "world_size": world}
+    _write_worker_summary(Path(config["run_dir"]), summary)
+    return summary
+
+
+def _write_worker_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Each worker leaves a line of where it ran and which steps it did (observability, tests)."""
+    import json
+
+    folder = run_dir / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{summary['rank']}-pid{summary['pid']}.json").write_text(json.dumps(summary) + "\n")
+
+
+def worker_summaries(run_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "workers").glob("*.json"))]
+
+
+def ray_address(params: Params) -> str | None:
+    return os.environ.get("RAY_ADDRESS") or params.train.ray_address
+
+
+def init_ray(params: Params) -> None:
+    """Connect to ``RAY_ADDRESS`` / ``train.ray_address``, or start a local Ray on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(params)
+    runtime_env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        except (ConnectionError, RuntimeError) as err:
+            from components.errors import MetagenError
+
+            raise MetagenError(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False, runtime_env=runtime_env,
+                 include_dashboard=True, dashboard_host="127.0.0.1")
+
+
+def build_trainer(params: Params, prepared_dir: Path, storage_path: Path, name: str,
+                  callbacks: list | None = None, placement_strategy: str = "PACK"):  # noqa: ANN201
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = params.train
+    storage_path = Path(storage_path).resolve()
+    threads = max(1, int(t.num_threads or t.cpus_per_worker))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"params": params.model_dump(mode="json"), "prepared_dir": str(Path(prepared_dir).resolve()),
+                           "run_dir": str(storage_path / name), "threads": threads},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker},
+                                     placement_strategy=placement_strategy),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: str | None = None,
+                      placement_strategy: str = "PACK") -> TrainResult:
+    """Fit with Ray Train and copy the final checkpoint to ``out_dir`` (same layout as ``train_local``)."""
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    from components.errors import MetagenError
+
+    init_ray(params)
+    name = name or f"metagen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    trainer = build_trainer(params, prepared_dir, Path(params.train.storage_path), name,
+                            placement_strategy=placement_strategy)
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        raise MetagenError(f"Ray Train run {name!r} failed after {params.train.max_failures} retries: {err}") from None
+    if result.checkpoint is None:
+        raise MetagenError(f"Ray Train run {name!r} reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        payload = load_checkpoint(Path(d))
+    out = Path(out_dir) / FILENAME
+    save_checkpoint(out, {k: v for k, v in payload.items() if k != "format"})
+    res = TrainResult(checkpoint=out, step=int(payload["step"]), history=list(payload["history"]))
+    res.ray_result = result  # type: ignore[attr-defined]
+    return res

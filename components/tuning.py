@@ -1,0 +1,157 @@
+"""Ray Tune over ``tune.search_space`` with ASHA early stopping, the Train V2 way: each trial is a
+function that builds and fits a ``TorchTrainer`` and forwards its reports to Tune.
+
+Each rank-0 report carries ``val_loss`` (reports are made at validation steps only), and is one
+``training_iteration`` for ASHA. Trials get a tiny CPU share for their driver; their Train workers
+hold real CPUs, and ``max_concurrent_trials`` is capped so that they always fit (no deadlock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.atomic import write_text_atomic
+from components.params import Params, with_updates
+
+log = logging.getLogger(__name__)
+METRIC = "val_loss"
+
+
+def trial_params(params: Params, sample: dict[str, Any]) -> Params:
+    """The trial's params: the sample applied, ``tune.max_steps`` steps, a report per validation."""
+    t = params.tune
+    val_every = max(1, t.max_steps // max(1, math.ceil(t.max_steps / params.train.val_every)))
+    updates = {
+        **sample,
+        "train.steps": t.max_steps,
+        "train.val_every": val_every,
+        "train.report_every": val_every,
+        "train.checkpoint_every": val_every * max(1, params.train.checkpoint_every // val_every),
+        "train.fail_at_step": None,
+    }
+    return with_updates(params, updates)
+
+
+def search_space(params: Params) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, dim in params.tune.search_space.items():
+        if dim.values is not None:
+            space[key] = tune.grid_search(list(dim.values))
+        elif dim.integer:
+            space[key] = tune.lograndint(int(dim.low), int(dim.high) + 1) if dim.log else tune.randint(int(dim.low), int(dim.high) + 1)
+        else:
+            space[key] = tune.loguniform(dim.low, dim.high) if dim.log else tune.uniform(dim.low, dim.high)
+    return space
+
+
+def max_concurrent_trials(params: Params, cluster_cpus: float) -> int:
+    """Trials whose Train workers fit in the cluster's CPUs at once (at least 1)."""
+    per_trial = params.train.num_workers * params.train.cpus_per_worker + 0.01
+    return max(1, int(cluster_cpus // per_trial))
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """One trial: fit a TorchTrainer with the sampled params, forwarding reports to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from components.params import validate_params
+    from components.training import build_trainer
+
+    base = validate_params(config["base_params"], source="tune base params")
+    sample = {k: v for k, v in config.items() if k not in ("base_params", "prepared_dir", "storage_path")}
+    params = trial_params(base, sample)
+    name = f"trial-{tune.get_context().get_trial_id()}-{uuid.uuid4().hex[:6]}"
+    trainer = build_trainer(params, Path(config["prepared_dir"]), Path(config["storage_path"]), name,
+                            callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+@dataclass
+class TuneOutcome:
+    best_params: Params
+    best_config: dict[str, Any]
+    best_metric: float
+    table_path: Path
+    trials: list[dict[str, Any]]
+    total_iterations: int
+
+
+def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None = None) -> TuneOutcome:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from components.training import init_ray
+
+    init_ray(params)
+    storage = Path(params.train.storage_path).resolve()
+    probe = trial_params(params, {})
+    max_t = max(1, probe.train.steps // probe.train.val_every)
+    concurrent = max_concurrent_trials(params, ray.cluster_resources().get("CPU", 1))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                              grace_period=min(params.tune.grace_period, max_t),
+                              reduction_factor=params.tune.reduction_factor)
+    space = {**search_space(params), "base_params": params.model_dump(mode="json"),
+             "prepared_dir": str(Path(prepared_dir).resolve()), "storage_path": str(storage)}
+    name = name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    grid = any(d.values is not None for d in params.tune.search_space.values())
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, {"cpu": 0.01}),
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=scheduler,
+                                    num_samples=1 if grid else params.tune.num_samples,
+                                    max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
+    )
+    log.info("Ray Tune: %s, ASHA max_t=%d reports, %d concurrent trial(s)", name, max_t, concurrent)
+    results = tuner.fit()
+    keys = list(params.tune.search_space)
+    trials = []
+    for res in results:
+        if res.metrics is None:
+            continue
+        trials.append({
+            "trial_id": res.metrics.get("trial_id"),
+            **{k: res.config.get(k) for k in keys},
+            METRIC: res.metrics.get(METRIC),
+            "training_iteration": res.metrics.get("training_iteration"),
+            "step": res.metrics.get("step"),
+            "stopped_early": (res.metrics.get("training_iteration") or 0) < max_t,
+            "error": str(res.error) if res.error else None,
+        })
+    ok = [t for t in trials if t[METRIC] is not None and math.isfinite(t[METRIC]) and t["error"] is None]
+    if not ok:
+        from components.errors import MetagenError
+
+        raise MetagenError(f"Ray Tune {name}: no trial reported a finite {METRIC}")
+    best = min(ok, key=lambda t: t[METRIC])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / "tune_results.json"
+    write_text_atomic(table, json.dumps({"name": name, "max_t": max_t, "trials": trials, "best": best}, indent=2) + "\n")
+    _write_csv(out_dir / "tune_results.csv", trials)
+    best_config = {k: best[k] for k in keys}
+    return TuneOutcome(
+        best_params=with_updates(params, best_config), best_config=best_config, best_metric=best[METRIC],
+        table_path=table, trials=trials, total_iterations=sum(t["training_iteration"] or 0 for t in trials),
+    )
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["trial_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
