@@ -55,7 +55,7 @@ def search_space(params: Params) -> dict[str, Any]:
 
 def max_concurrent_trials(params: Params, cluster_cpus: float) -> int:
     """Trials whose Train workers fit in the cluster's CPUs at once (at least 1)."""
-    per_trial = params.train.num_workers * params.train.cpus_per_worker + 0.01
+    per_trial = params.train.num_workers * params.train.cpus_per_worker
     return max(1, int(cluster_cpus // per_trial))
 
 
@@ -70,6 +70,9 @@ def _trial(config: dict[str, Any]) -> None:
     base = validate_params(config["base_params"], source="tune base params")
     sample = {k: v for k, v in config.items() if k not in ("base_params", "prepared_dir", "storage_path")}
     params = trial_params(base, sample)
+    # the trial's own driver holds 0.01 CPU: its workers take 0.01 less so that whole trials fit
+    cpw = params.train.cpus_per_worker
+    params = with_updates(params, {"train.cpus_per_worker": cpw - 0.01 if cpw >= 1 else cpw})
     name = f"trial-{tune.get_context().get_trial_id()}-{uuid.uuid4().hex[:6]}"
     trainer = build_trainer(params, Path(config["prepared_dir"]), Path(config["storage_path"]), name,
                             callbacks=[TuneReportCallback()])
@@ -86,10 +89,13 @@ class TuneOutcome:
     total_iterations: int
 
 
-def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None = None) -> TuneOutcome:
+def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None = None,
+             early_stopping: bool = True) -> TuneOutcome:
+    """Search, return the best config as validated Params; ``early_stopping=False`` runs every trial
+    to the full budget (FIFO), the comparison ASHA is measured against."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from components.training import init_ray
 
@@ -100,7 +106,7 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
     concurrent = max_concurrent_trials(params, ray.cluster_resources().get("CPU", 1))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                               grace_period=min(params.tune.grace_period, max_t),
-                              reduction_factor=params.tune.reduction_factor)
+                              reduction_factor=params.tune.reduction_factor) if early_stopping else FIFOScheduler()
     space = {**search_space(params), "base_params": params.model_dump(mode="json"),
              "prepared_dir": str(Path(prepared_dir).resolve()), "storage_path": str(storage)}
     name = name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -31,13 +31,14 @@ def _load(params_path: Path, overrides: list[str] | None):  # noqa: ANN202
 def ingest(
     source: Annotated[Optional[str], typer.Option(help="digits | image_folder | celeba | archive")] = None,
     path: Annotated[Optional[str], typer.Option(help="the source's folder or archive")] = None,
+    refresh: Annotated[bool, typer.Option("--refresh", help="re-read the configured source")] = False,
     params_path: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     project_dir: ProjectOpt = Path("."),
 ) -> None:
-    """Refresh data/ from a source, `dvc add` it, `dvc repro prepare`, print the data version."""
-    from components.data.ingest import ingest as run_ingest
-    from components.params import apply_overrides, read_params_dict, validate_params
+    """Data in: refresh data/ from a source (`dvc add`, `dvc repro prepare`, `dvc push`), or pull it
+    from the DVC remote; prints the data version."""
+    from pipelines.ingest_flow import ingest as ingest_flow
 
     overrides = list(set_ or [])
     if source is not None:
@@ -45,22 +46,14 @@ def ingest(
         if source == "digits" and path is None:
             overrides.append("data.path=null")
     if path is not None:
-        overrides.append(f"data.path={str(Path(path).resolve())}")
-    raw = apply_overrides(read_params_dict(params_path), overrides)
-    params = validate_params(raw, source=str(params_path))
-    updates = {}
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if key.startswith("data."):
-            node = raw
-            for part in key.split("."):
-                node = node[part]
-            updates[key] = node
-    result = run_ingest(project_dir, params, param_updates=updates or None)
-    if result.data_changed:
-        console.print(f"[yellow]data changed[/]: data.dvc md5 {result.previous_raw_md5} -> {result.version.raw_md5}")
-    console.print(f"data version: {result.version.short} ({result.num_classes} classes)")
-    console.print_json(data=result.version.__dict__)
+        overrides.append(f"data.path={Path(path).resolve()}")
+    _load(project_dir / params_path, overrides)  # fail fast, before Prefect starts
+    refresh = refresh or source is not None or path is not None or any(o.startswith("data.") for o in overrides)
+    version = ingest_flow(str(project_dir), str(params_path), overrides, refresh=refresh)
+    if version.get("data_changed"):
+        console.print("[yellow]data changed[/]: data.dvc now differs from the committed version")
+    console.print(f"data version: raw={str(version['raw_md5'])[:12]} prepared={str(version['prepared_md5'])[:12]}")
+    console.print_json(data=version)
 
 
 @app.command()
@@ -99,19 +92,20 @@ def train(
     set_: SetOpt = None,
     project_dir: ProjectOpt = Path("."),
 ) -> None:
-    """Meta-train the generator (Ray Train; `--local`: in this process) and write a checkpoint."""
-    params = _load(params_path, set_)
-    prepared = project_dir / params.data.prepared_dir
-    out = project_dir / params.train.checkpoint_dir
-    if local:
+    """Meta-train the generator (Ray Train on RAY_ADDRESS or a local Ray; `--local`: in this process)."""
+    _load(project_dir / params_path, set_)
+    if local:  # the in-process path shows a progress bar and needs neither Prefect nor MLflow
         from components.meta.trainer import train_local
 
-        result = train_local(params, prepared, out, progress=True)
-    else:
-        from components.training import train_distributed
+        params = _load(project_dir / params_path, set_)
+        result = train_local(params, project_dir / params.data.prepared_dir, project_dir / params.train.checkpoint_dir)
+        console.print(f"checkpoint: {result.checkpoint} (step {result.step}, val -ELBO {result.final_val_loss})")
+        return
+    from pipelines.train_flow import train as train_flow
 
-        result = train_distributed(params, prepared, out)
-    console.print(f"checkpoint: {result.checkpoint} (step {result.step}, final val -ELBO {result.final_val_loss})")
+    out = train_flow(str(project_dir), str(params_path), list(set_ or []))
+    console.print(f"checkpoint: {out['checkpoint']} (step {out['step']}, val -ELBO {out['final_val_loss']}); "
+                  f"MLflow run {out['run_id']}")
 
 
 @app.command()
@@ -121,46 +115,100 @@ def tune(
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Ray Tune over tune.search_space with ASHA; prints the best config and writes the results table."""
-    from components.tuning import run_tune
+    from pipelines.tune_flow import tune as tune_flow
 
-    params = _load(params_path, set_)
-    outcome = run_tune(params, project_dir / params.data.prepared_dir, project_dir / params.eval.reports_dir)
-    console.print(f"best {outcome.best_config} ({outcome.best_metric:.2f}); table: {outcome.table_path}")
-    console.print("train with: metagen train " + " ".join(f"--set {k}={v}" for k, v in outcome.best_config.items()))
+    _load(project_dir / params_path, set_)
+    out = tune_flow(str(project_dir), str(params_path), list(set_ or []))
+    console.print("train with: metagen train " + " ".join(f"--set {k}={v}" for k, v in out["best_config"].items()))
 
 
 @app.command()
 def evaluate(
     checkpoint: Annotated[Optional[Path], typer.Option(help="a checkpoint file or folder")] = None,
     model: Annotated[Optional[str], typer.Option(help="a registry URI, e.g. models:/metagen@champion")] = None,
-    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="evaluate the meta-model only")] = False,
     params_path: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Few-shot FID/KID/ELBO/augmentation table: meta-model vs pretrain vs scratch vs support replay."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from pipelines.evaluate_flow import evaluate as evaluate_flow
 
-    from components.evaluation.evaluate import evaluate as run_evaluate
-    from components.meta.trainer import load_learner
+    _load(project_dir / params_path, set_)
+    out = evaluate_flow(str(project_dir), str(params_path), list(set_ or []),
+                        checkpoint=str(checkpoint) if checkpoint else None, model_uri=model)
+    console.print(f"report and pictures: {', '.join(out['files'])}")
 
-    params = _load(params_path, set_)
-    if model is not None:
-        from components.registry import load_registered_learner
 
-        restored = load_registered_learner(model, params)
-    else:
-        restored = load_learner(checkpoint or project_dir / params.train.checkpoint_dir)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("evaluating", total=None)
-        out = run_evaluate(
-            restored.learner, params, project_dir / params.data.prepared_dir, project_dir / params.eval.reports_dir,
-            project_dir / params.eval.features_dir, project_dir / params.train.checkpoint_dir,
-            history=restored.state.history, baselines=not no_baselines,
-            step=lambda msg: bar.update(task, description=f"evaluating: {msg}"),
-        )
-    console.print(out.markdown_path.read_text())
-    console.print(f"report: {out.report_path}; pictures: {', '.join(str(p) for p in out.pictures)}")
+@app.command()
+def promote(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="the checkpoint to register")] = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Register the checkpoint as a new model version and apply the FID gate (reads reports/eval.json)."""
+    from pipelines.promote_flow import promote as promote_flow
+
+    _load(project_dir / params_path, set_)
+    promote_flow(str(project_dir), str(params_path), list(set_ or []), checkpoint=str(checkpoint or ""))
+
+
+@app.command()
+def run(
+    local: Annotated[bool, typer.Option("--local", help="train in-process instead of with Ray Train")] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """The whole retraining pipeline: ingest, (tune), train, evaluate, register, promote."""
+    import time
+
+    from pipelines.retrain_flow import retrain
+
+    _load(project_dir / params_path, set_)
+    start = time.perf_counter()
+    out = retrain(str(project_dir), str(params_path), list(set_ or []), local=local)
+    d = out["decision"]
+    console.rule("metagen retrain")
+    console.print(out["markdown"])
+    console.print(f"model [bold]{out['model_name']}[/] v{d['version']}: [bold]{d['decision']}[/] ({d['reason']})")
+    console.print(f"champion now: v{d['champion_after']}; MLflow run {out['run_id']}; took {time.perf_counter() - start:.0f} s")
+    console.print(f"artifacts: {', '.join(out['files'])}")
+    uri = out["tracking_uri"]
+    console.print(f"dashboards: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   |   "
+                  "prefect server start --host 127.0.0.1 (then set PREFECT_API_URL)")
+
+
+@app.command()
+def generate(
+    support: Annotated[Path, typer.Option(help="folder of K support images of the new class")],
+    model: Annotated[str, typer.Option(help="registry URI")] = "models:/metagen@champion",
+    n: Annotated[int, typer.Option(help="images to generate")] = 16,
+    out: Annotated[Path, typer.Option(help="PNG grid to write")] = Path("grid.png"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Load a registered generator, adapt it on the images in SUPPORT, write a PNG grid of samples."""
+    from components.generate import generate_grid
+    from components.tracking import configure
+
+    params = _load(project_dir / params_path, set_)
+    configure(params, project_dir)
+    path = generate_grid(model, support, n, out, params.data.max_image_pixels)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def schedule(
+    params_path: ParamsOpt = Path("params.yaml"),
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Serve the `retrain` flow as a Prefect deployment on the cron schedule of params.yaml (blocks)."""
+    from pipelines.schedule import serve_retrain
+
+    params = _load(project_dir / params_path, None)
+    serve_retrain(params, str(project_dir.resolve()), str(params_path))
 
 
 def main() -> None:

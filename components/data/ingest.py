@@ -84,3 +84,48 @@ def ingest(root: Path, params: Params, param_updates: dict[str, Any] | None = No
     if result.data_changed:
         log.warning("data changed: data.dvc md5 %s -> %s", previous, version.raw_md5)
     return result
+
+
+def source_fingerprint(params: Params) -> str:
+    """A cheap hash of the configured source (names, sizes, mtimes; digits: the sklearn version)."""
+    import hashlib
+
+    h = hashlib.sha256(params.data.source.encode())
+    if params.data.source == "digits":
+        import sklearn
+
+        h.update(sklearn.__version__.encode())
+        return h.hexdigest()[:16]
+    src = Path(params.data.path or "").expanduser()
+    paths = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(src) if p != src else p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_data(root: Path, params: Params) -> IngestResult:
+    """What the pipeline runs: ``dvc pull`` when a remote holds the committed data; otherwise
+    rebuild ``data/`` from the source (checked against the committed ``data.dvc``), ``dvc repro
+    prepare`` and ``dvc push``."""
+    from components.data.dvc_ops import dvc_pull, dvc_push
+    from components.errors import DataError
+
+    root = Path(root).resolve()
+    committed = raw_md5(root)
+    if committed is not None:
+        try:
+            dvc_pull(root)
+            dvc_repro(root, "prepare")
+            version = data_version(root, params.data.prepared_dir)
+            if version.raw_md5 == committed:
+                log.info("data pulled from the DVC remote: %s", version.short)
+                return IngestResult(version=version, previous_raw_md5=committed, num_classes=-1)
+        except DataError:
+            raise
+        except Exception as err:  # dvc raises many kinds when the remote lacks the data
+            log.info("dvc pull did not restore the data (%s): rebuilding from the source", str(err).splitlines()[0])
+    result = ingest(root, params)
+    pushed = dvc_push(root)
+    log.info("dvc push: %d file(s) sent to the remote", pushed)
+    return result

@@ -171,3 +171,21 @@ def _pictures(out_dir: Path, test: Split, protocol: Protocol, samples: dict, row
 
 def history_of(state: TrainState | None) -> list[dict[str, float]]:
     return state.history if state is not None else []
+
+
+def meta_fid(report: dict[str, Any], sampling: str) -> float:
+    """The gated number: the meta-model's pooled few-shot FID in the configured sampling mode."""
+    return next(r["fid_mean"] for r in report["rows"] if r["model"] == "meta" and r["sampling"] == sampling)
+
+
+def score_registered(uri: str, params: Params, root: Path) -> float:
+    """Re-evaluate a registered version on the current protocol (meta-model only)."""
+    import tempfile
+
+    from components.registry import load_registered_learner
+
+    restored = load_registered_learner(uri)
+    with tempfile.TemporaryDirectory(prefix="metagen-reeval-") as tmp:
+        out = evaluate(restored.learner, params, root / params.data.prepared_dir, Path(tmp),
+                       root / params.eval.features_dir, root / params.train.checkpoint_dir, baselines=False)
+    return meta_fid(out.report, params.eval.sampling)

@@ -1,0 +1,169 @@
+"""MLflow tracking: where runs go, and what a run records (params, metrics, pictures, lineage).
+
+Default: a SQLite file in the project (``sqlite:///<root>/mlflow.db``) with artifacts under
+``<root>/mlartifacts``; ``MLFLOW_TRACKING_URI`` or ``registry.tracking_uri`` points it anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from components.errors import MetagenError
+from components.params import Params, flatten
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(params: Params, root: Path) -> str:
+    return params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the URI in the message, when an MLflow server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise MetagenError(f"MLflow server at {uri} answered /health with HTTP {resp.status}")
+    except (urllib.error.URLError, OSError) as err:
+        raise MetagenError(f"MLflow tracking server unreachable at {uri} (MLFLOW_TRACKING_URI): {err}") from None
+
+
+def configure(params: Params, root: Path) -> str:
+    """Point MLflow at the configured store and make sure the experiment exists; return its id."""
+    import mlflow
+
+    uri = tracking_uri(params, root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = params.registry.experiment
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        artifact_location = (Path(root).resolve() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def lineage_tags(params: Params, data_version: dict[str, Any]) -> dict[str, str]:
+    tags = {f"data.{k}": str(v) for k, v in data_version.items()}
+    tags["git.commit"] = str(data_version.get("git_commit"))
+    tags["git.dirty"] = str(data_version.get("git_dirty"))
+    tags["params.digest"] = params.digest()
+    return tags
+
+
+def log_params(client: Any, run_id: str, params: Params) -> None:
+    from mlflow.entities import Param
+
+    flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(flat), 100):
+        client.log_batch(run_id, params=flat[i : i + 100])
+
+
+def log_history(client: Any, run_id: str, history: list[dict[str, float]]) -> None:
+    """Per-meta-step metrics (train/val loss, grad norm) with their step."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), now, int(h["step"]))
+        for h in history for key, value in h.items()
+        if key != "step" and value is not None
+    ]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i : i + 500])
+
+
+def log_eval_rows(client: Any, run_id: str, rows: list[dict[str, Any]], model: str) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = []
+    for r in rows:
+        if r["model"] != model:
+            continue
+        for key in ("fid_mean", "fid_std", "kid_mean", "kid_std", "query_nll_mean", "query_nll_std",
+                    "aug_acc_mean", "aug_acc_std"):
+            if r.get(key) is not None:
+                metrics.append(Metric(f"eval.{r['sampling']}.{key}", float(r[key]), now, 0))
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def start_run(params: Params, root: Path, run_name: str, data_version: dict[str, Any] | None = None,
+              parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> str:
+    """Create a run (nested under ``parent_run_id`` if given) with params and lineage tags."""
+    from mlflow import MlflowClient
+
+    experiment_id = configure(params, root)
+    client = MlflowClient()
+    tags = {"mlflow.runName": run_name, **(extra_tags or {})}
+    if data_version is not None:
+        tags.update(lineage_tags(params, data_version))
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def finish_run(run_id: str, ok: bool = True) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def log_training(run_id: str, history: list[dict[str, float]], checkpoint: Path, backend: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    log_history(client, run_id, history)
+    client.set_tag(run_id, "train.backend", backend)
+    client.set_tag(run_id, "train.checkpoint", str(checkpoint))
+
+
+def log_tune(params: Params, root: Path, parent_run_id: str, trials: list[dict[str, Any]], table: Path) -> None:
+    """One nested run per Tune trial (its sampled values and last metric), the table as an artifact."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for t in trials:
+        run_id = start_run(params, root, f"tune-trial-{t['trial_id']}", parent_run_id=parent_run_id,
+                           extra_tags={"metagen.kind": "tune-trial"})
+        for k, v in t.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and k != "trial_id":
+                client.log_metric(run_id, k.replace("@", "_"), float(v))
+            elif v is not None:
+                client.set_tag(run_id, f"trial.{k}", str(v))
+        finish_run(run_id)
+    client.log_artifact(parent_run_id, str(table), "tune")
+
+
+def log_evaluation(params: Params, root: Path, run_id: str, report: dict[str, Any], files: list[Path]) -> None:
+    """Meta-model metrics on the run, one nested run per baseline, the table and pictures as artifacts."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    log_eval_rows(client, run_id, report["rows"], "meta")
+    client.set_tag(run_id, "eval.extractor", f"{report['extractor']['name']}:{report['extractor']['digest']}")
+    client.set_tag(run_id, "eval.protocol_digest", report["protocol"]["digest"])
+    for name in sorted({r["model"] for r in report["rows"]} - {"meta"}):
+        child = start_run(params, root, f"baseline-{name}", parent_run_id=run_id,
+                          extra_tags={"metagen.kind": "baseline", "eval.protocol_digest": report["protocol"]["digest"]})
+        log_eval_rows(client, child, report["rows"], name)
+        finish_run(child)
+    for f in files:
+        client.log_artifact(run_id, str(f), "eval")
