@@ -122,7 +122,7 @@ def load_registered_learner(uri: str, params: Params | None = None) -> Restored:
 
 # --- the promotion gate ---------------------------------------------------------------------------
 def fid_key(extractor_digest: str, protocol_digest: str) -> str:
-    return f"fid@{extractor_digest}.{protocol_digest}"
+    return f"fid/{extractor_digest}/{protocol_digest}"
 
 
 def _alias_version(client: Any, name: str, alias: str) -> str | None:
@@ -137,7 +137,7 @@ def _alias_version(client: Any, name: str, alias: str) -> str | None:
 def _eligible(client: Any, name: str, key: str) -> list[tuple[float, int]]:
     out = []
     for v in client.search_model_versions(f"name='{name}'"):
-        if v.tags.get(f"eligible@{key}") == "true" and key in v.tags:
+        if v.tags.get(f"eligible/{key}") == "true" and key in v.tags:
             out.append((float(v.tags[key]), int(v.version)))
     return sorted(out)
 
@@ -192,13 +192,13 @@ def promote(
             log.info("champion v%s was measured under other digests: re-evaluating it on this protocol", before)
             champion_fid = reevaluate(before)
             client.set_model_version_tag(name, before, key, repr(champion_fid))
-            client.set_model_version_tag(name, before, f"eligible@{key}", str(champion_fid <= threshold).lower())
+            client.set_model_version_tag(name, before, f"eligible/{key}", str(champion_fid <= threshold).lower())
     client.set_model_version_tag(name, version, key, repr(fid))
     if not np.isfinite(fid) or fid > threshold:
         reason = f"FID {fid:.4f} > registry.fid_threshold {threshold:g}"
         after = before
     else:
-        client.set_model_version_tag(name, version, f"eligible@{key}", "true")
+        client.set_model_version_tag(name, version, f"eligible/{key}", "true")
         after = reconcile(client, name, key)
         if after == version:
             reason = (f"FID {fid:.4f} <= threshold {threshold:g}" +

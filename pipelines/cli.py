@@ -219,7 +219,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MetagenError as err:
-        console.print(f"[bold red]error[/]: {err}", highlight=False)
+        console.print(f"[bold red]error[/]: {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -15,8 +15,11 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _env_for_stages() -> Iterator[None]:
-    """Stage commands (``metagen prepare``) must find this interpreter's console scripts."""
+def _env_for_stages(root: Path) -> Iterator[None]:
+    """Run DVC from the repository root (it resolves targets against the working directory), with
+    this interpreter's console scripts (``metagen prepare``) on PATH."""
+    old_cwd = os.getcwd()
+    os.chdir(root)
     old_path = os.environ.get("PATH", "")
     bindir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bindir + os.pathsep + old_path
@@ -29,6 +32,7 @@ def _env_for_stages() -> Iterator[None]:
     finally:
         os.environ["PATH"] = old_path
         dvc_logger.setLevel(old_level)
+        os.chdir(old_cwd)
 
 
 def _repo(root: Path):  # noqa: ANN202 - dvc has no public type here
@@ -41,7 +45,7 @@ def _repo(root: Path):  # noqa: ANN202 - dvc has no public type here
 
 
 def dvc_add(root: Path, target: str) -> None:
-    with _env_for_stages():
+    with _env_for_stages(root):
         repo = _repo(root)
         try:
             repo.add(target)
@@ -52,7 +56,7 @@ def dvc_add(root: Path, target: str) -> None:
 def dvc_repro(root: Path, stage: str) -> None:
     from dvc.exceptions import ReproductionError
 
-    with _env_for_stages():
+    with _env_for_stages(root):
         repo = _repo(root)
         try:
             repo.reproduce(targets=[stage])
@@ -64,7 +68,7 @@ def dvc_repro(root: Path, stage: str) -> None:
 
 
 def dvc_push(root: Path, remote: str | None = None) -> int:
-    with _env_for_stages():
+    with _env_for_stages(root):
         repo = _repo(root)
         try:
             return int(repo.push(remote=remote) or 0)
@@ -73,7 +77,7 @@ def dvc_push(root: Path, remote: str | None = None) -> int:
 
 
 def dvc_pull(root: Path, targets: list[str] | None = None, remote: str | None = None) -> None:
-    with _env_for_stages():
+    with _env_for_stages(root):
         repo = _repo(root)
         try:
             repo.pull(targets=targets, remote=remote)

@@ -29,7 +29,7 @@ class FewShotGeneratorModel(PythonModel):
         self.model.load_state_dict(blob["model"])
         self.lrs = blob.get("lrs")
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - untyped: MLflow reads hints as a schema
         import torch
 
         from components.meta.algorithms import adapt, adapt_keys

@@ -1,0 +1,75 @@
+"""Fixtures for the flow tests: a session Prefect server, an MLflow server, a temp project repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT
+from tests.servers import Server, mlflow_server, prefect_server
+
+TINY = [
+    "model.width=16", "meta.k_query=5", "meta.meta_batch_size=2", "train.steps=6", "train.val_every=3",
+    "train.report_every=3", "train.checkpoint_every=3", "train.val_tasks=2", "train.pretrain_steps=10",
+    "eval.repeats=1", "eval.samples_per_class=16", "eval.kid_subsets=3", "eval.kid_subset_size=16",
+    "eval.augment_steps=10", "eval.baseline_lrs=[0.0, 0.001]", "eval.baseline_steps=2", "eval.scratch_steps=3",
+    "eval.feature_steps=30", "eval.adapt_steps=2",
+]
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real `prefect server` for the session; PREFECT_API_URL points every flow (and child) at it."""
+    server, api = prefect_server(tmp_path_factory.mktemp("prefect"))
+    server.start(timeout=120)
+    old = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api
+    yield api
+    if old is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = old
+    server.stop()
+
+
+@pytest.fixture
+def mlflow_srv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, str]]:
+    server, url = mlflow_server(tmp_path / "mlflow")
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    yield server, url
+    server.stop()
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh git + DVC repository with the project's dvc.yaml and params.yaml (the tiny config is
+    passed as overrides), so that flows run exactly as in a clone."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PROJECT / name, root)
+    for sub in ("components/data", "components/evaluation"):
+        shutil.copytree(PROJECT / sub, root / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "t@example.com"], root)
+    run(["git", "config", "user.name", "t"], root)
+    from dvc.repo import Repo
+
+    Repo.init(str(root)).close()
+    run([str(Path(sys.executable).parent / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "init"], root)
+    return root

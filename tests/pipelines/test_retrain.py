@@ -1,0 +1,75 @@
+"""The whole `retrain` flow against a real `mlflow server` and a real Prefect server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.pipelines.conftest import TINY
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+METAGEN = str(Path(sys.executable).parent / "metagen")
+
+
+def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, project: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    from mlflow import MlflowClient
+
+    from pipelines.retrain_flow import retrain
+
+    _, url = mlflow_srv
+    first = retrain(str(project), "params.yaml", TINY, local=True)
+    d1 = first["decision"]
+    assert d1["decision"] == "promoted" and d1["champion_after"] == d1["version"]
+    assert first["tracking_uri"] == url
+
+    client = MlflowClient(url)
+    mv = client.get_model_version("metagen", d1["version"])
+    for tag in ("data.raw_md5", "data.prepared_md5", "git.commit", "git.dirty", "params.digest",
+                "eval.extractor_digest", "eval.protocol_digest", "gate.decision", "gate.reason"):
+        assert mv.tags.get(tag) not in (None, "", "None"), tag
+    assert mv.tags["gate.decision"] == "promoted"
+    assert client.get_model_version_by_alias("metagen", "champion").version == d1["version"]
+    run = client.get_run(first["run_id"])
+    assert run.data.tags["data.raw_md5"] == mv.tags["data.raw_md5"]
+    assert "eval.support.fid_mean" in run.data.metrics and "train_loss" in run.data.metrics
+    assert len(client.get_metric_history(first["run_id"], "train_loss")) >= 2
+    artifacts = {f.path for f in client.list_artifacts(first["run_id"], "eval")}
+    assert {"eval/eval.json", "eval/grid_meta_support.png", "eval/fid.png", "eval/loss.png"} <= artifacts
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{first['run_id']}'")
+    assert {c.data.tags["mlflow.runName"] for c in children} >= {"baseline-pretrain", "baseline-scratch"}
+
+    # an impossible threshold: rejected, reason tagged, champion unchanged
+    second = retrain(str(project), "params.yaml", [*TINY, "registry.fid_threshold=1e-9"], local=True)
+    d2 = second["decision"]
+    assert d2["decision"] == "rejected" and "fid_threshold" in d2["reason"]
+    mv2 = client.get_model_version("metagen", d2["version"])
+    assert mv2.tags["gate.decision"] == "rejected" and mv2.tags["gate.reason"] == d2["reason"]
+    assert client.get_model_version_by_alias("metagen", "champion").version == d1["version"]
+
+    # a consumer: the champion adapts on K images of a held-out class and writes a grid
+    support = tmp_path / "support"
+    support.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(support / f"s{i}.png")
+    out = tmp_path / "grid.png"
+    res = subprocess.run([METAGEN, "generate", "--support", str(support), "--n", "16", "--out", str(out)],
+                         cwd=project, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with Image.open(out) as img:
+        # make_grid: 8 per row (5 supports + 16 samples = 21 -> 3 rows) of 28 px with 2 px padding
+        assert img.size == (8 * 30 + 2, 3 * 30 + 2)
+
+
+def test_generate_without_champion_is_a_clear_error(mlflow_srv, project: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    (tmp_path / "s").mkdir()
+    Image.new("L", (20, 20)).save(tmp_path / "s" / "a.png")
+    res = subprocess.run([METAGEN, "generate", "--support", str(tmp_path / "s")], cwd=project,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "nothing has been promoted to champion yet" in res.stdout
