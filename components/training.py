@@ -144,6 +144,26 @@ def ray_address(params: Params) -> str | None:
     return os.environ.get("RAY_ADDRESS") or params.train.ray_address
 
 
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """A TCP probe of ``host:port`` (or ``ray://host:port``) so that a dead cluster fails in
+    seconds instead of ray.init's minutes of retries."""
+    import socket
+
+    from components.errors import MetagenError
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise MetagenError(f"RAY_ADDRESS / train.ray_address: expected host:port or ray://host:port, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise MetagenError(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
+
+
 def init_ray(params: Params) -> None:
     """Connect to ``RAY_ADDRESS`` / ``train.ray_address``, or start a local Ray on this machine."""
     import ray
@@ -153,6 +173,7 @@ def init_ray(params: Params) -> None:
     address = ray_address(params)
     runtime_env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
     if address:
+        check_ray_address(address)
         try:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         except (ConnectionError, RuntimeError) as err:

@@ -27,6 +27,17 @@ def _load(params_path: Path, overrides: list[str] | None):  # noqa: ANN202
     return load_params(params_path, overrides or [])
 
 
+def _preflight(project_dir: Path, params_path: Path, overrides: list[str] | None):  # noqa: ANN202
+    """Validate params and reach the configured servers before any flow starts."""
+    from components.tracking import check_reachable, tracking_uri
+    from pipelines.runtime import check_prefect_api
+
+    params = _load(project_dir / params_path, overrides)
+    check_prefect_api()
+    check_reachable(tracking_uri(params, project_dir))
+    return params
+
+
 @app.command()
 def ingest(
     source: Annotated[Optional[str], typer.Option(help="digits | image_folder | celeba | archive")] = None,
@@ -47,7 +58,7 @@ def ingest(
             overrides.append("data.path=null")
     if path is not None:
         overrides.append(f"data.path={Path(path).resolve()}")
-    _load(project_dir / params_path, overrides)  # fail fast, before Prefect starts
+    _preflight(project_dir, params_path, overrides)
     refresh = refresh or source is not None or path is not None or any(o.startswith("data.") for o in overrides)
     version = ingest_flow(str(project_dir), str(params_path), overrides, refresh=refresh)
     if version.get("data_changed"):
@@ -93,7 +104,6 @@ def train(
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Meta-train the generator (Ray Train on RAY_ADDRESS or a local Ray; `--local`: in this process)."""
-    _load(project_dir / params_path, set_)
     if local:  # the in-process path shows a progress bar and needs neither Prefect nor MLflow
         from components.meta.trainer import train_local
 
@@ -103,6 +113,7 @@ def train(
         return
     from pipelines.train_flow import train as train_flow
 
+    _preflight(project_dir, params_path, set_)
     out = train_flow(str(project_dir), str(params_path), list(set_ or []))
     console.print(f"checkpoint: {out['checkpoint']} (step {out['step']}, val -ELBO {out['final_val_loss']}); "
                   f"MLflow run {out['run_id']}")
@@ -117,7 +128,7 @@ def tune(
     """Ray Tune over tune.search_space with ASHA; prints the best config and writes the results table."""
     from pipelines.tune_flow import tune as tune_flow
 
-    _load(project_dir / params_path, set_)
+    _preflight(project_dir, params_path, set_)
     out = tune_flow(str(project_dir), str(params_path), list(set_ or []))
     console.print("train with: metagen train " + " ".join(f"--set {k}={v}" for k, v in out["best_config"].items()))
 
@@ -133,7 +144,7 @@ def evaluate(
     """Few-shot FID/KID/ELBO/augmentation table: meta-model vs pretrain vs scratch vs support replay."""
     from pipelines.evaluate_flow import evaluate as evaluate_flow
 
-    _load(project_dir / params_path, set_)
+    _preflight(project_dir, params_path, set_)
     out = evaluate_flow(str(project_dir), str(params_path), list(set_ or []),
                         checkpoint=str(checkpoint) if checkpoint else None, model_uri=model)
     console.print(f"report and pictures: {', '.join(out['files'])}")
@@ -149,7 +160,7 @@ def promote(
     """Register the checkpoint as a new model version and apply the FID gate (reads reports/eval.json)."""
     from pipelines.promote_flow import promote as promote_flow
 
-    _load(project_dir / params_path, set_)
+    _preflight(project_dir, params_path, set_)
     promote_flow(str(project_dir), str(params_path), list(set_ or []), checkpoint=str(checkpoint or ""))
 
 
@@ -165,7 +176,7 @@ def run(
 
     from pipelines.retrain_flow import retrain
 
-    _load(project_dir / params_path, set_)
+    _preflight(project_dir, params_path, set_)
     start = time.perf_counter()
     out = retrain(str(project_dir), str(params_path), list(set_ or []), local=local)
     d = out["decision"]

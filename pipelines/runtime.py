@@ -33,3 +33,21 @@ def configure_logging(verbose: bool = False) -> None:
     )
     for noisy in ("dvc", "dvc_data", "dvc_objects", "filelock", "urllib3", "matplotlib", "PIL", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def check_prefect_api(timeout: float = 5.0) -> None:
+    """With PREFECT_API_URL set, fail fast and clearly when that server does not answer."""
+    import urllib.error
+    import urllib.request
+
+    from components.errors import MetagenError
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return  # Prefect starts a temporary local server
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise MetagenError(f"Prefect API at {url} answered /health with HTTP {resp.status}")
+    except (urllib.error.URLError, OSError) as err:
+        raise MetagenError(f"Prefect API unreachable at {url} (PREFECT_API_URL): {err}") from None

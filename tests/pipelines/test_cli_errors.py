@@ -1,0 +1,61 @@
+"""Bad configuration through the real `metagen` command: a clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PROJECT
+from tests.servers import free_port
+
+METAGEN = str(Path(sys.executable).parent / "metagen")
+
+
+def metagen(*args: str, cwd: Path = PROJECT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([METAGEN, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def test_wrong_type_in_params_file(tmp_path: Path) -> None:
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["meta"]["inner_steps"] = "three"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    res = metagen("train", "--local", "--params", str(tmp_path / "params.yaml"))
+    assert res.returncode == 2
+    assert "meta.inner_steps" in res.stdout and "'three'" in res.stdout
+
+
+def test_bad_set_override() -> None:
+    res = metagen("train", "--local", "--set", "meta.inner_lr=-1")
+    assert res.returncode == 2 and "meta.inner_lr: must be > 0, got -1" in res.stdout
+
+
+def test_unreachable_prefect_api() -> None:
+    url = f"http://127.0.0.1:{free_port()}/api"
+    res = metagen("evaluate", env={"PREFECT_API_URL": url})
+    assert res.returncode == 2 and f"Prefect API unreachable at {url}" in res.stdout
+
+
+def test_unreachable_mlflow_server() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    res = metagen("promote", env={"MLFLOW_TRACKING_URI": url, "PREFECT_API_URL": ""})
+    assert res.returncode == 2 and f"MLflow tracking server unreachable at {url}" in res.stdout
+
+
+@pytest.mark.slow
+def test_unreachable_ray_cluster(tmp_path: Path) -> None:
+    from components.errors import MetagenError
+    from components.training import init_ray
+    from tests.conftest import make_params
+
+    import ray
+
+    ray.shutdown()
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(MetagenError, match=f"cannot reach the Ray cluster at '{address}'"):
+        init_ray(make_params(f"train.ray_address={address}"))

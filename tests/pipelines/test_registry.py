@@ -1,0 +1,184 @@
+"""The FID promotion gate against a real `mlflow server`: thresholds, re-evaluation, races, outages."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from components.errors import MetagenError
+from components.registry import fid_key, promote
+
+pytestmark = [pytest.mark.integration]
+NAME = "gate-test"
+
+
+def _new_versions(client, name: str, n: int) -> list[str]:  # noqa: ANN001
+    """``n`` versions of ``name``, each the `model` folder of a real run."""
+    import tempfile
+
+    client.create_registered_model(name)
+    exp = client.get_experiment_by_name("gate") or client.get_experiment(client.create_experiment("gate"))
+    out = []
+    for i in range(n):
+        run = client.create_run(exp.experiment_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "weights.txt").write_text(str(i))
+            client.log_artifacts(run.info.run_id, tmp, "model")
+        source = f"{run.info.artifact_uri}/model"
+        out.append(str(client.create_model_version(name, source=source, run_id=run.info.run_id).version))
+    return out
+
+
+def _versions(url: str, n: int) -> list[str]:
+    from mlflow import MlflowClient
+
+    return _new_versions(MlflowClient(url, url), NAME, n)
+
+
+def _champion(url: str) -> str:
+    from mlflow import MlflowClient
+
+    return str(MlflowClient(url, url).get_model_version_by_alias(NAME, "champion").version)
+
+
+def _never(_v: str) -> float:
+    raise AssertionError("re-evaluation was not expected")
+
+
+def test_threshold_then_better_then_worse(mlflow_srv) -> None:  # noqa: ANN001
+    import mlflow
+
+    _, url = mlflow_srv
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    v1, v2, v3, v4 = _versions(url, 4)
+    d = promote(NAME, v1, 50.0, 20.0, "ext", "proto", _never)
+    assert d.decision == "rejected" and "> registry.fid_threshold 20" in d.reason
+    d = promote(NAME, v2, 10.0, 20.0, "ext", "proto", _never)
+    assert d.decision == "promoted" and "first champion" in d.reason and _champion(url) == v2
+    d = promote(NAME, v3, 12.0, 20.0, "ext", "proto", _never)
+    assert d.decision == "rejected" and "not lower than champion v" + v2 in d.reason
+    d = promote(NAME, v4, 10.0, 20.0, "ext", "proto", _never)  # a tie keeps the champion
+    assert d.decision == "rejected" and _champion(url) == v2
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url, url)
+    assert client.get_model_version(NAME, v3).tags["gate.decision"] == "rejected"
+    assert client.get_model_version(NAME, v3).tags["gate.reason"].startswith("FID 12.0000 is not lower")
+
+
+def test_champion_under_other_digests_is_reevaluated(mlflow_srv) -> None:  # noqa: ANN001
+    import mlflow
+    from mlflow import MlflowClient
+
+    _, url = mlflow_srv
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    v1, v2 = _versions(url, 2)
+    assert promote(NAME, v1, 5.0, 20.0, "ext", "old-protocol", _never).decision == "promoted"
+    calls: list[str] = []
+
+    def reevaluate(v: str) -> float:
+        calls.append(v)
+        return 9.0  # v1 on the new protocol
+
+    d = promote(NAME, v2, 8.0, 20.0, "ext", "new-protocol", reevaluate)
+    assert calls == [v1]
+    assert d.decision == "promoted" and "v" + v1 + "'s 9.0000" in d.reason
+    client = MlflowClient(url, url)
+    assert client.get_model_version(NAME, v1).tags[fid_key("ext", "new-protocol")] == "9.0"
+    assert client.get_model_version_by_alias(NAME, "previous").version == v1
+    assert _champion(url) == v2
+
+
+def test_racing_promotions_end_with_the_better_model(mlflow_srv) -> None:  # noqa: ANN001
+    import mlflow
+
+    _, url = mlflow_srv
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    versions = _versions(url, 6)
+    fids = [9.0, 4.0, 7.0, 3.0, 8.0, 5.0]
+    barrier = threading.Barrier(len(versions))
+    errors: list[BaseException] = []
+
+    def go(v: str, fid: float) -> None:
+        try:
+            barrier.wait()
+            promote(NAME, v, fid, 20.0, "ext", "proto", _never)
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=go, args=(v, f)) for v, f in zip(versions, fids, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert _champion(url) == versions[fids.index(min(fids))]
+
+
+def test_unreachable_server_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from components.tracking import configure
+    from tests.conftest import make_params
+    from tests.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    with pytest.raises(MetagenError, match=f"MLflow tracking server unreachable at {url}"):
+        configure(make_params(), tmp_path)
+
+
+def test_register_retries_then_fails_and_moves_no_alias(prefect_api: str, mlflow_srv, project: Path) -> None:  # noqa: ANN001
+    """The tracking server stops before `register`: the task retries, fails clearly, aliases stay."""
+    import mlflow
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from components.meta.trainer import train_local
+    from components.params import load_params
+    from pipelines.ingest_flow import ingest
+    from pipelines.promote_flow import promote as promote_flow
+    from tests.pipelines.conftest import TINY
+
+    server, url = mlflow_srv
+    ingest(str(project), "params.yaml", TINY)
+    params = load_params(project / "params.yaml", TINY)
+    result = train_local(params, project / "prepared", project / "checkpoints", progress=False)
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    client = MlflowClient(url, url)
+    v_champ = _versions_named(client, "metagen")
+    client.set_registered_model_alias("metagen", "champion", v_champ)
+    run_id = client.create_run(client.create_experiment("outage")).info.run_id
+    report = {"extractor": {"digest": "e"}, "protocol": {"digest": "p"},
+              "rows": [{"model": "meta", "sampling": "support", "fid_mean": 1.0}]}
+
+    server.stop()
+    state = promote_flow(str(project), "params.yaml", TINY, run_id=run_id, checkpoint=str(result.checkpoint),
+                         report=report, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(MetagenError, match=f"MLflow tracking server unreachable at {url}"):
+        state.result()
+
+    import asyncio
+
+    async def task_runs() -> list:
+        async with get_client() as pc:
+            return await pc.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+
+    runs = {r.name.split("-")[0] + "-" + r.name.split("-")[1]: r for r in asyncio.run(task_runs())}
+    register = next(r for name, r in runs.items() if name.startswith("register-model"))
+    assert register.run_count == 3  # the first try and two retries
+    assert not any(name.startswith("promotion-gate") for name in runs)
+
+    server.start()
+    assert str(client.get_model_version_by_alias("metagen", "champion").version) == v_champ
+    assert [m.version for m in client.search_model_versions("name='metagen'")] == [v_champ]
+
+
+def _versions_named(client, name: str) -> str:  # noqa: ANN001
+    return _new_versions(client, name, 1)[0]
