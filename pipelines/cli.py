@@ -42,13 +42,14 @@ def _preflight(project_dir: Path, params_path: Path, overrides: list[str] | None
 def ingest(
     source: Annotated[Optional[str], typer.Option(help="digits | image_folder | celeba | archive")] = None,
     path: Annotated[Optional[str], typer.Option(help="the source's folder or archive")] = None,
-    refresh: Annotated[bool, typer.Option("--refresh", help="re-read the configured source")] = False,
+    pull: Annotated[bool, typer.Option("--pull", help="as `metagen run` does: dvc pull if the remote has the "
+                                        "committed data, else rebuild")] = False,
     params_path: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     project_dir: ProjectOpt = Path("."),
 ) -> None:
-    """Data in: refresh data/ from a source (`dvc add`, `dvc repro prepare`, `dvc push`), or pull it
-    from the DVC remote; prints the data version."""
+    """Data in: re-read the source into data/, `dvc add`, `dvc repro prepare`, `dvc push`; print the
+    data version. `--pull`: fetch the committed data from the DVC remote instead when it is there."""
     from pipelines.ingest_flow import ingest as ingest_flow
 
     overrides = list(set_ or [])
@@ -59,8 +60,7 @@ def ingest(
     if path is not None:
         overrides.append(f"data.path={Path(path).resolve()}")
     _preflight(project_dir, params_path, overrides)
-    refresh = refresh or source is not None or path is not None or any(o.startswith("data.") for o in overrides)
-    version = ingest_flow(str(project_dir), str(params_path), overrides, refresh=refresh)
+    version = ingest_flow(str(project_dir), str(params_path), overrides, refresh=not pull)
     if version.get("data_changed"):
         console.print("[yellow]data changed[/]: data.dvc now differs from the committed version")
     console.print(f"data version: raw={str(version['raw_md5'])[:12]} prepared={str(version['prepared_md5'])[:12]}")

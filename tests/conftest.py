@@ -12,6 +12,8 @@ from PIL import Image
 
 from components.params import Params, apply_overrides, read_params_dict, validate_params
 
+pytest_plugins = ["tests.fixtures"]
+
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_CELEBA = PROJECT.parent / "shared" / "data" / "celeba-wild-sample"
 

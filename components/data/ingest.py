@@ -115,7 +115,7 @@ def ensure_data(root: Path, params: Params) -> IngestResult:
     committed = raw_md5(root)
     if committed is not None:
         try:
-            dvc_pull(root)
+            dvc_pull(root, targets=["data.dvc", "dvc.yaml:prepare"])
             dvc_repro(root, "prepare")
             version = data_version(root, params.data.prepared_dir)
             if version.raw_md5 == committed:

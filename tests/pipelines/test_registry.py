@@ -142,7 +142,7 @@ def test_register_retries_then_fails_and_moves_no_alias(prefect_api: str, mlflow
     from components.params import load_params
     from pipelines.ingest_flow import ingest
     from pipelines.promote_flow import promote as promote_flow
-    from tests.pipelines.conftest import TINY
+    from tests.fixtures import TINY
 
     server, url = mlflow_srv
     ingest(str(project), "params.yaml", TINY)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.pipelines.conftest import TINY
+from tests.fixtures import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 METAGEN = str(Path(sys.executable).parent / "metagen")

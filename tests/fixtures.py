@@ -1,4 +1,5 @@
-"""Fixtures for the flow tests: a session Prefect server, an MLflow server, a temp project repo."""
+"""Fixtures with real servers: a session Prefect server, an MLflow server, a temp project repo
+(registered as a pytest plugin by tests/conftest.py)."""
 
 from __future__ import annotations
 
