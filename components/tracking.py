@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from components.errors import MetagenError
+from components.net import check_health
 from components.params import Params, flatten
 
 log = logging.getLogger(__name__)
@@ -25,14 +23,8 @@ def tracking_uri(params: Params, root: Path) -> str:
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, with the URI in the message, when an MLflow server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            if resp.status != 200:
-                raise MetagenError(f"MLflow server at {uri} answered /health with HTTP {resp.status}")
-    except (urllib.error.URLError, OSError) as err:
-        raise MetagenError(f"MLflow tracking server unreachable at {uri} (MLFLOW_TRACKING_URI): {err}") from None
+    if uri.startswith(("http://", "https://")):
+        check_health(uri, "MLflow tracking server (MLFLOW_TRACKING_URI)", timeout)
 
 
 def configure(params: Params, root: Path) -> str:

@@ -232,6 +232,4 @@ def train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: s
         payload = load_checkpoint(Path(d))
     out = Path(out_dir) / FILENAME
     save_checkpoint(out, {k: v for k, v in payload.items() if k != "format"})
-    res = TrainResult(checkpoint=out, step=int(payload["step"]), history=list(payload["history"]))
-    res.ray_result = result  # type: ignore[attr-defined]
-    return res
+    return TrainResult(checkpoint=out, step=int(payload["step"]), history=list(payload["history"]))

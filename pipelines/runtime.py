@@ -14,6 +14,8 @@ OFFLINE_DEFAULTS = {
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TQDM_DISABLE": "1",
 }
 
 
@@ -37,17 +39,8 @@ def configure_logging(verbose: bool = False) -> None:
 
 def check_prefect_api(timeout: float = 5.0) -> None:
     """With PREFECT_API_URL set, fail fast and clearly when that server does not answer."""
-    import urllib.error
-    import urllib.request
-
-    from components.errors import MetagenError
+    from components.net import check_health
 
     url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        return  # Prefect starts a temporary local server
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
-            if resp.status != 200:
-                raise MetagenError(f"Prefect API at {url} answered /health with HTTP {resp.status}")
-    except (urllib.error.URLError, OSError) as err:
-        raise MetagenError(f"Prefect API unreachable at {url} (PREFECT_API_URL): {err}") from None
+    if url:  # unset: Prefect starts a temporary local server
+        check_health(url, "Prefect API (PREFECT_API_URL)", timeout)

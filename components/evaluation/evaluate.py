@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from components.atomic import write_text_atomic
+from components.atomic import atomic_file, write_text_atomic
 from components.data.prepare import Split, load_split, read_manifest
 from components.evaluation import extractors as ex
 from components.evaluation.pictures import fid_bar_chart, loss_curve, sample_grid, save_grid
@@ -20,7 +20,6 @@ from components.evaluation.protocol import MODES, Protocol, choose_lr, draw_epis
 from components.evaluation.report import markdown_table
 from components.meta.baselines import FinetuneGenerator, MetaGenerator, pretrain_vae
 from components.meta.learner import MetaLearner
-from components.meta.trainer import TrainState
 from components.models.vae import ConvVAE, VAEConfig, param_dict
 from components.params import Params
 
@@ -66,8 +65,6 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
     model, _ = pretrain_vae(cfg, train.images, params.train.pretrain_steps, params.train.pretrain_batch_size,
                             params.eval.pretrain_lr, params.train.seed)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    from components.atomic import atomic_file
-
     with atomic_file(path) as tmp:
         torch.save(model.state_dict(), tmp)
     return model
@@ -167,10 +164,6 @@ def _pictures(out_dir: Path, test: Split, protocol: Protocol, samples: dict, row
         if curve is not None:
             paths.append(curve)
     return paths
-
-
-def history_of(state: TrainState | None) -> list[dict[str, float]]:
-    return state.history if state is not None else []
 
 
 def meta_fid(report: dict[str, Any], sampling: str) -> float:

@@ -38,13 +38,13 @@ def test_bad_set_override() -> None:
 def test_unreachable_prefect_api() -> None:
     url = f"http://127.0.0.1:{free_port()}/api"
     res = metagen("evaluate", env={"PREFECT_API_URL": url})
-    assert res.returncode == 2 and f"Prefect API unreachable at {url}" in res.stdout
+    assert res.returncode == 2 and f"Prefect API (PREFECT_API_URL) unreachable at {url}" in res.stdout
 
 
 def test_unreachable_mlflow_server() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     res = metagen("promote", env={"MLFLOW_TRACKING_URI": url, "PREFECT_API_URL": ""})
-    assert res.returncode == 2 and f"MLflow tracking server unreachable at {url}" in res.stdout
+    assert res.returncode == 2 and f"MLflow tracking server (MLFLOW_TRACKING_URI) unreachable at {url}" in res.stdout
 
 
 @pytest.mark.slow

@@ -127,7 +127,7 @@ def test_unreachable_server_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
     url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    with pytest.raises(MetagenError, match=f"MLflow tracking server unreachable at {url}"):
+    with pytest.raises(MetagenError, match=rf"MLflow tracking server \(MLFLOW_TRACKING_URI\) unreachable at {url}"):
         configure(make_params(), tmp_path)
 
 
@@ -161,7 +161,7 @@ def test_register_retries_then_fails_and_moves_no_alias(prefect_api: str, mlflow
     state = promote_flow(str(project), "params.yaml", TINY, run_id=run_id, checkpoint=str(result.checkpoint),
                          report=report, return_state=True)
     assert state.is_failed()
-    with pytest.raises(MetagenError, match=f"MLflow tracking server unreachable at {url}"):
+    with pytest.raises(MetagenError, match=rf"MLflow tracking server \(MLFLOW_TRACKING_URI\) unreachable at {url}"):
         state.result()
 
     import asyncio

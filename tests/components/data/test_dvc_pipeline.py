@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from components.data.lineage import data_version
-from tests.conftest import PROJECT, write_tree
+from tests.conftest import write_tree
 
 pytestmark = pytest.mark.integration
 METAGEN = str(Path(sys.executable).parent / "metagen")
@@ -25,33 +25,16 @@ def run(cmd: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProce
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    root.mkdir()
-    shutil.copy(PROJECT / "dvc.yaml", root)
-    shutil.copytree(PROJECT / "components" / "data", root / "components" / "data",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    raw["data"]["min_images_per_class"] = 6
-    raw["meta"]["k_shot"], raw["meta"]["k_query"] = 2, 3
-    raw["data"]["split"]["fractions"] = [0.5, 0.25, 0.25]
-    (root / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+def repo(project: Path) -> Path:
+    """The shared temp project (git + DVC + the project's dvc.yaml), set up for 7-image classes."""
     from components.params_file import update_params_file
 
-    update_params_file(root / "params.yaml", {
+    update_params_file(project / "params.yaml", {
         "data.min_images_per_class": 6, "meta.k_shot": 2, "meta.k_query": 3,
         "data.split.fractions": [0.5, 0.25, 0.25],
     })
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "t@example.com"], root)
-    run(["git", "config", "user.name", "t"], root)
-    from dvc.repo import Repo
-
-    Repo.init(str(root)).close()
-    run([str(Path(sys.executable).parent / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "remote")], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "init"], root)
-    return root
+    run(["git", "commit", "-qam", "small classes"], project)
+    return project
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -82,7 +65,7 @@ def test_ingest_nested_tree_push_pull_and_lineage(repo: Path, tmp_path: Path) ->
     # ingest pushed to the local remote; wipe everything local, pull back the same bytes
     from dvc.repo import Repo
 
-    assert len([p for p in (tmp_path / "remote").rglob("*") if p.is_file()]) >= 42  # 42 images + prepared
+    assert len([p for p in (tmp_path / "dvc-remote").rglob("*") if p.is_file()]) >= 42  # 42 images + prepared
     with Repo(str(repo)) as r:
         assert r.push() == 0  # nothing left to send
     before = snapshot(repo)
