@@ -103,10 +103,11 @@ def evaluate(
     samples: dict[str, dict[str, list[torch.Tensor]]] = {}
     lr_choices: dict[str, dict[str, float]] = {}
 
+    stats = cache_dir / "fid-stats"
     meta = MetaGenerator(learner)
     notify("meta-model")
     meta_rows, samples["meta"] = evaluate_generator(
-        meta, test, test_feats, extractor, protocol, params.eval.adapt_steps, params.eval.inner_lr)
+        meta, test, test_feats, extractor, protocol, params.eval.adapt_steps, params.eval.inner_lr, stats_cache=stats)
     rows += meta_rows
     if baselines:
         data_key = manifest["splits"]["train"]["sha256"]
@@ -120,10 +121,11 @@ def evaluate(
             lr, scores = choose_lr(gen, val, val_feats, extractor, protocol, steps, params.eval.baseline_lrs, "support")
             lr_choices[gen.name] = {"chosen": lr, **{f"fid@{k:g}": v for k, v in scores.items()}}
             notify(gen.name)
-            g_rows, samples[gen.name] = evaluate_generator(gen, test, test_feats, extractor, protocol, steps, lr)
+            g_rows, samples[gen.name] = evaluate_generator(gen, test, test_feats, extractor, protocol, steps, lr,
+                                                           stats_cache=stats)
             rows += g_rows
     notify("support replay")
-    replay_rows, _ = evaluate_generator(None, test, test_feats, extractor, protocol, 0, None)
+    replay_rows, _ = evaluate_generator(None, test, test_feats, extractor, protocol, 0, None, stats_cache=stats)
     rows += replay_rows
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ from torch import Tensor
 from components.data.prepare import Split
 from components.errors import MetagenError
 from components.evaluation.extractors import FeatureExtractor, accuracy, train_classifier
-from components.evaluation.frechet import frechet_distance, kid, statistics
+from pathlib import Path
+
+from components.evaluation.frechet import cached_statistics, frechet_distance, kid, statistics
 from components.meta.baselines import FewShotGenerator
 from components.models.vae import neg_elbo, sample
 from components.params import EvalParams
@@ -84,7 +86,7 @@ def _query_nll(gen: FewShotGenerator, params: dict, real: Tensor, seed: int, max
 
 def _score(
     generated: list[Tensor], split: Split, episode: Episode, real_feats: np.ndarray, extractor: FeatureExtractor,
-    protocol: Protocol, seed: int, name: str, score_aug: bool = True,
+    protocol: Protocol, seed: int, name: str, score_aug: bool = True, stats_cache: Path | None = None,
 ) -> tuple[float, float, float]:
     fake = torch.cat(generated)
     if not torch.isfinite(fake).all():
@@ -92,7 +94,12 @@ def _score(
     fake_feats = extractor.features(fake)
     held = np.concatenate(episode.heldout)
     real = real_feats[held]
-    s_fake, s_real = statistics(fake_feats, f"{name} generated features"), statistics(real, "real features")
+    s_fake = statistics(fake_feats, f"{name} generated features")
+    if stats_cache is not None:  # keyed by test data, extractor, protocol and this repeat's supports
+        key = f"{protocol.test_sha256[:16]}-test-{extractor.digest}-{protocol.digest}-seed{seed}"
+        s_real = cached_statistics(stats_cache, key, lambda: real)
+    else:
+        s_real = statistics(real, "real features")
     fid = frechet_distance(s_fake.mu, s_fake.sigma, s_real.mu, s_real.sigma)
     kid_mean, _ = kid(fake_feats, real, protocol.eval.kid_subsets, protocol.eval.kid_subset_size, seed)
     if not score_aug:
@@ -107,7 +114,7 @@ def _score(
 def run_repeat(
     gen: FewShotGenerator | None, split: Split, episode: Episode, real_feats: np.ndarray,
     extractor: FeatureExtractor, protocol: Protocol, steps: int, lr: float | None, seed: int,
-    modes: tuple[str, ...] = MODES, score_aug: bool = True,
+    modes: tuple[str, ...] = MODES, score_aug: bool = True, stats_cache: Path | None = None,
 ) -> RepeatResult:
     """One repeat of the protocol for one generator (``None``: the support-replay reference)."""
     out = RepeatResult()
@@ -130,7 +137,7 @@ def run_repeat(
     name = gen.name if gen is not None else REPLAY
     for mode in modes:
         fid, kid_mean, acc = _score(per_mode[mode], split, episode, real_feats, extractor, protocol, seed, name,
-                                    score_aug)
+                                    score_aug, stats_cache)
         out.fid[mode], out.kid[mode], out.aug_acc[mode] = fid, kid_mean, acc
         out.samples[mode] = per_mode[mode]
     out.query_nll = float(np.mean(nlls)) if nlls else None
@@ -144,14 +151,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def evaluate_generator(
     gen: FewShotGenerator | None, split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
     protocol: Protocol, steps: int, lr: float | None, modes: tuple[str, ...] = MODES,
-    on_repeat: Callable[[int], None] | None = None,
+    on_repeat: Callable[[int], None] | None = None, stats_cache: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[Tensor]]]:
     """Rows (one per sampling mode) with mean/std over ``eval.repeats`` and the first repeat's samples."""
     repeats = []
     for r in range(protocol.eval.repeats):
         seed = protocol.eval.seed + 1000 * r
         episode = draw_episode(split, protocol.k_shot, seed)
-        repeats.append(run_repeat(gen, split, episode, real_feats, extractor, protocol, steps, lr, seed, modes))
+        repeats.append(run_repeat(gen, split, episode, real_feats, extractor, protocol, steps, lr, seed, modes,
+                                  stats_cache=stats_cache))
         if on_repeat is not None:
             on_repeat(r)
     name = gen.name if gen is not None else REPLAY

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,8 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
         Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(support / f"s{i}.png")
     out = tmp_path / "grid.png"
     res = subprocess.run([METAGEN, "generate", "--support", str(support), "--n", "16", "--out", str(out)],
-                         cwd=project, capture_output=True, text=True, timeout=300)
+                         cwd=project, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"})
     assert res.returncode == 0, res.stdout + res.stderr
     with Image.open(out) as img:
         # make_grid: 8 per row (5 supports + 16 samples = 21 -> 3 rows) of 28 px with 2 px padding
