@@ -25,7 +25,7 @@ def run(cmd: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProce
 
 
 @pytest.fixture
-def repo(project: Path) -> Path:
+def repo(project: Path, prefect_api: str) -> Path:
     """The shared temp project (git + DVC + the project's dvc.yaml), set up for 7-image classes."""
     from components.params_file import update_params_file
 
