@@ -60,10 +60,13 @@ def log_generator(run_id: str, learner: MetaLearner, params: Params, example_sup
                     "lrs": learner.lrs.state_dict() if learner.lrs is not None else None}, weights)
         cfg_path = Path(tmp) / "config.json"
         cfg_path.write_text(json.dumps(config, indent=2))
+        from mlflow.pyfunc import PythonModelContext
+
         from components.serving.generator_pyfunc import FewShotGeneratorModel
 
-        model = FewShotGeneratorModel()
-        model.load_context(type("Ctx", (), {"artifacts": {"weights": str(weights), "config": str(cfg_path)}})())
+        model = FewShotGeneratorModel()  # the example output comes from the very class consumers load
+        model.load_context(PythonModelContext(artifacts={"weights": str(weights), "config": str(cfg_path)},
+                                              model_config=None))
         example_out = model.predict(None, example_support, {"n": 4})
         signature = infer_signature(example_support, example_out, params=config["defaults"])
         with mlflow.start_run(run_id=run_id):
