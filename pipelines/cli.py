@@ -181,6 +181,11 @@ def run(
     out = retrain(str(project_dir), str(params_path), list(set_ or []), local=local)
     d = out["decision"]
     console.rule("metagen retrain")
+    data = out["data"]
+    console.print(f"data version: raw={str(data['raw_md5'])[:12]} prepared={str(data['prepared_md5'])[:12]} "
+                  f"git={str(data['git_commit'])[:10]}{' (dirty)' if data.get('git_dirty') else ''}")
+    if data.get("data_changed"):
+        console.print("[yellow]data changed[/]: the rebuilt data/ differs from the committed data.dvc")
     console.print(out["markdown"])
     console.print(f"model [bold]{out['model_name']}[/] v{d['version']}: [bold]{d['decision']}[/] ({d['reason']})")
     console.print(f"champion now: v{d['champion_after']}; MLflow run {out['run_id']}; took {time.perf_counter() - start:.0f} s")
