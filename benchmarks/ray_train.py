@@ -70,7 +70,7 @@ def main() -> None:
     grid = "tune.search_space={meta.outer_lr: {values: [0.01, 0.003, 0.001, 0.0001]}}"
     tune_rows = {}
     for label, early in (("asha", True), ("full_budget", False)):
-        p = load_params(ROOT / "params.yaml", [*base, "tune.max_steps=24", "train.val_every=4", "tune.grace_period=1",
+        p = load_params(ROOT / "params.yaml", [*base, "tune.max_steps=24", "tune.val_every=4", "tune.grace_period=1",
                                               "tune.reduction_factor=2", grid])
         t0 = time.perf_counter()
         out = run_tune(p, prepared, tmp / label, early_stopping=early)

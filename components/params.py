@@ -132,6 +132,7 @@ class TuneParams(_Section):
     enabled: bool
     num_samples: int = Field(ge=1)
     max_steps: int = Field(ge=1)
+    val_every: int = Field(ge=1)
     grace_period: int = Field(ge=1)
     reduction_factor: int = Field(ge=2)
     search_space: dict[str, SearchDim]

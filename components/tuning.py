@@ -27,7 +27,7 @@ METRIC = "val_loss"
 def trial_params(params: Params, sample: dict[str, Any]) -> Params:
     """The trial's params: the sample applied, ``tune.max_steps`` steps, a report per validation."""
     t = params.tune
-    val_every = max(1, t.max_steps // max(1, math.ceil(t.max_steps / params.train.val_every)))
+    val_every = min(t.val_every, t.max_steps)
     updates = {
         **sample,
         "train.steps": t.max_steps,
@@ -102,7 +102,7 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
     init_ray(params)
     storage = Path(params.train.storage_path).resolve()
     probe = trial_params(params, {})
-    max_t = max(1, probe.train.steps // probe.train.val_every)
+    max_t = max(1, math.ceil(probe.train.steps / probe.train.val_every))  # reports per trial
     concurrent = max_concurrent_trials(params, ray.cluster_resources().get("CPU", 1))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                               grace_period=min(params.tune.grace_period, max_t),

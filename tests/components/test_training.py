@@ -73,7 +73,7 @@ def test_tune_asha_stops_the_absurd_trial(local_ray: None, tmp_path: Path, digit
     from components.tuning import run_tune
 
     params = make_params(
-        *FAST, "tune.max_steps=12", "train.val_every=3", "tune.grace_period=1", "tune.reduction_factor=2",
+        *FAST, "tune.max_steps=12", "tune.val_every=3", "tune.grace_period=1", "tune.reduction_factor=2",
         "tune.search_space={meta.outer_lr: {values: [0.003, 0.002, 1.0e-9]}}",
         f"train.storage_path={tmp_path / 'ray'}",
     )
