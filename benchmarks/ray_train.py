@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -73,7 +74,8 @@ def main() -> None:
         p = load_params(ROOT / "params.yaml", [*base, "tune.max_steps=24", "tune.val_every=4", "tune.grace_period=1",
                                               "tune.reduction_factor=2", grid])
         t0 = time.perf_counter()
-        out = run_tune(p, prepared, tmp / label, early_stopping=early)
+        with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own tables: keep stdout JSON only
+            out = run_tune(p, prepared, tmp / label, early_stopping=early)
         tune_rows[label] = {"meta_steps_used": sum(t["step"] or 0 for t in out.trials),
                             "reports": out.total_iterations, "best_val_loss": round(out.best_metric, 2),
                             "best_config": out.best_config, "wall_s": round(time.perf_counter() - t0, 1)}

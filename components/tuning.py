@@ -96,6 +96,7 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     from components.training import init_ray
 
@@ -115,6 +116,7 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
         tune.with_resources(_trial, {"cpu": 0.01}),
         param_space=space,
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=scheduler,
+                                    search_alg=BasicVariantGenerator(random_state=params.train.seed),
                                     num_samples=1 if grid else params.tune.num_samples,
                                     max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
