@@ -116,9 +116,10 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
         tune.with_resources(_trial, {"cpu": 0.01}),
         param_space=space,
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=scheduler,
-                                    search_alg=BasicVariantGenerator(random_state=params.train.seed),
-                                    num_samples=1 if grid else params.tune.num_samples,
-                                    max_concurrent_trials=concurrent),
+                                    # seeded; its own cap (TuneConfig's is ignored with a SearchGenerator)
+                                    search_alg=BasicVariantGenerator(random_state=params.train.seed,
+                                                                     max_concurrent=concurrent),
+                                    num_samples=1 if grid else params.tune.num_samples),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
     )
     log.info("Ray Tune: %s, ASHA max_t=%d reports, %d concurrent trial(s)", name, max_t, concurrent)
