@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,37 @@ def _eligible(client: Any, name: str, key: str) -> list[tuple[float, int]]:
     return sorted(out)
 
 
+def _is_write_conflict(err: BaseException) -> bool:
+    """A concurrent writer won a race inside the tracking server's store (retrying is safe).
+
+    MLflow's SQLAlchemy store sets an alias with ``session.merge`` (select, then insert): two
+    clients setting the same alias at once can both see no row, and the second insert fails with
+    a UNIQUE constraint error (SQLite: IntegrityError, or "database is locked" under load).
+    """
+    text = str(err)
+    return any(m in text for m in ("IntegrityError", "UNIQUE constraint", "database is locked",
+                                   "duplicate key value", "Deadlock"))
+
+
+def _write(call: Callable[..., Any], *args: str, attempts: int = 8) -> None:
+    """Run a registry write (alias or tag), retrying when a concurrent writer raced it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            call(*args)
+            return
+        except MlflowException as err:
+            if attempt == attempts - 1 or not _is_write_conflict(err):
+                raise
+            log.info("%s%s raced a concurrent write; retrying", call.__name__, args)
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _set_alias(client: Any, name: str, alias: str, version: str) -> None:
+    _write(client.set_registered_model_alias, name, alias, version)
+
+
 def reconcile(client: Any, name: str, key: str, attempts: int = 10) -> str | None:
     """Make ``champion`` the eligible version with the lowest FID (ties: the older one)."""
     for _ in range(attempts):
@@ -155,13 +187,13 @@ def reconcile(client: Any, name: str, key: str, attempts: int = 10) -> str | Non
         best = str(eligible[0][1])
         if current == best:
             return best
-        client.set_registered_model_alias(name, CHAMPION, best)
+        _set_alias(client, name, CHAMPION, best)
         try:
             if current is not None:
-                client.set_registered_model_alias(name, PREVIOUS, current)
+                _set_alias(client, name, PREVIOUS, current)
         except Exception:
             if current is not None:  # put champion back: a failure leaves the aliases as they were
-                client.set_registered_model_alias(name, CHAMPION, current)
+                _set_alias(client, name, CHAMPION, current)
             raise
     return _alias_version(client, name, CHAMPION)
 
@@ -194,8 +226,9 @@ def promote(
         else:
             log.info("champion v%s was measured under other digests: re-evaluating it on this protocol", before)
             champion_fid = reevaluate(before)
-            client.set_model_version_tag(name, before, key, repr(champion_fid))
-            client.set_model_version_tag(name, before, f"eligible/{key}", str(champion_fid <= threshold).lower())
+            _write(client.set_model_version_tag, name, before, key, repr(champion_fid))
+            _write(client.set_model_version_tag, name, before, f"eligible/{key}",
+                   str(champion_fid <= threshold).lower())
     client.set_model_version_tag(name, version, key, repr(fid))
     if not np.isfinite(fid) or fid > threshold:
         reason = f"FID {fid:.4f} > registry.fid_threshold {threshold:g}"

@@ -120,6 +120,38 @@ def test_racing_promotions_end_with_the_better_model(mlflow_srv) -> None:  # noq
     assert _champion(url) == versions[fids.index(min(fids))]
 
 
+def test_concurrent_alias_writes_survive_the_stores_race(mlflow_srv) -> None:  # noqa: ANN001
+    """MLflow's SQL store sets an alias by select-then-insert, so writers racing on a missing alias
+    can hit a UNIQUE constraint error (seen in CI: raw clients fail in a few of 15 rounds here).
+    The gate's writes retry such conflicts: every round must end with one valid champion."""
+    from mlflow import MlflowClient
+
+    from components.registry import _set_alias
+
+    _, url = mlflow_srv
+    client = MlflowClient(url, url)
+    versions = _new_versions(client, "alias-race", 6)
+    errors: list[BaseException] = []
+    for _ in range(15):
+        client.delete_registered_model_alias("alias-race", "champion")
+        barrier = threading.Barrier(len(versions))
+
+        def go(v: str) -> None:
+            try:
+                barrier.wait()
+                _set_alias(client, "alias-race", "champion", v)
+            except BaseException as err:  # noqa: BLE001
+                errors.append(err)
+
+        threads = [threading.Thread(target=go, args=(v,)) for v in versions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert client.get_model_version_by_alias("alias-race", "champion").version in versions
+    assert not errors
+
+
 def test_unreachable_server_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from components.tracking import configure
     from tests.conftest import make_params
