@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from components.errors import ParamsError
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class SplitParams(_Section):
@@ -69,6 +69,7 @@ class ModelParams(_Section):
     width: int = Field(ge=4)
     likelihood: Literal["bernoulli", "gaussian"]
     groupnorm_groups: int = Field(ge=0)
+    context_dim: int = Field(ge=0)
 
 
 class MetaParams(_Section):
@@ -79,9 +80,10 @@ class MetaParams(_Section):
     inner_steps: int = Field(ge=0)
     inner_lr: float = Field(gt=0)
     outer_lr: float = Field(gt=0)
-    adapt_scope: Literal["all", "decoder", "head"]
+    adapt_scope: Literal["all", "decoder", "head", "film", "context"]
     grad_clip: float = Field(gt=0)
     vectorize: bool
+    rotate_classes: bool
 
 
 class TrainParams(_Section):
@@ -159,9 +161,16 @@ class EvalParams(_Section):
     inception_weights: str | None
     features_dir: str
     feature_steps: int = Field(ge=1)
+    min_extractor_accuracy: float = Field(ge=0, le=1)
+    max_classes: int | None = Field(ge=1)
+    nll_samples: int = Field(ge=1)
+    nll_max_images: int = Field(ge=1)
+    prdc_k: int = Field(ge=1)
+    copy_percentile: float = Field(gt=0, lt=100)
     kid_subsets: int = Field(ge=1)
     kid_subset_size: int = Field(ge=2)
     baseline_lrs: list[float]
+    lr_choice_classes: int = Field(ge=1)
     baseline_steps: int = Field(ge=0)
     scratch_steps: int = Field(ge=0)
     augment_steps: int = Field(ge=1)
@@ -172,6 +181,8 @@ class EvalParams(_Section):
 class RegistryParams(_Section):
     model_name: str
     fid_threshold: float = Field(gt=0)
+    max_copy_rate: float = Field(ge=0, le=1)
+    require_beats_baselines: bool
     tracking_uri: str | None
     experiment: str
 
@@ -193,6 +204,9 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Params:
+        if self.meta.adapt_scope in ("film", "context") and self.model.context_dim == 0:
+            raise ValueError(f"meta.adapt_scope {self.meta.adapt_scope!r} needs a set-conditioned VAE: "
+                             "set model.context_dim > 0")
         need = self.meta.k_shot + self.meta.k_query
         if need > self.data.min_images_per_class:
             raise ValueError(

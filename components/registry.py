@@ -15,7 +15,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from components.errors import MetagenError
+from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.meta.trainer import Restored, TrainState, build_learner
 from components.models.vae import VAEConfig
@@ -35,26 +36,22 @@ PYFUNC_FILE = Path(__file__).with_name("serving") / "generator_pyfunc.py"
 
 
 # --- logging the model --------------------------------------------------------------------------
-def model_config(learner: MetaLearner, params: Params) -> dict[str, Any]:
-    scope = "all" if params.meta.algorithm == "reptile" else params.meta.adapt_scope
+def model_config(learner: MetaLearner, rule: AdaptationRule, params: Params) -> dict[str, Any]:
     return {
         "vae": learner.model.cfg.__dict__,
         "meta": params.meta.model_dump(mode="json"),
-        "adapt_scope": scope,
-        "defaults": {
-            "n": 16, "steps": params.eval.adapt_steps, "inner_lr": params.eval.inner_lr or params.meta.inner_lr,
-            "sampling": params.eval.sampling, "temperature": params.eval.temperature, "seed": 0,
-            "use_learned_lrs": True,
-        },
+        "adaptation": rule.to_dict(),
+        "defaults": {"n": 16, "sampling": rule.sampling, "seed": 0},
     }
 
 
-def log_generator(run_id: str, learner: MetaLearner, params: Params, example_support: np.ndarray) -> str:
+def log_generator(run_id: str, learner: MetaLearner, rule: AdaptationRule, params: Params,
+                  example_support: np.ndarray) -> str:
     """Log the generator as a models-from-code pyfunc (weights as a state dict); return its URI."""
     import mlflow
     from mlflow.models import infer_signature
 
-    config = model_config(learner, params)
+    config = model_config(learner, rule, params)
     with tempfile.TemporaryDirectory(prefix="metagen-model-") as tmp:
         weights = Path(tmp) / "weights.pt"
         torch.save({"model": learner.model.state_dict(),
@@ -110,8 +107,9 @@ def download_model(uri: str, dst: Path) -> Path:
         raise MetagenError(f"cannot load {uri}: {err.message}") from None
 
 
-def load_registered_learner(uri: str, params: Params | None = None) -> Restored:
-    """A registry model (``models:/metagen@champion``) as a learner: weights + config, no pickle."""
+def load_registered_learner(uri: str) -> tuple[Restored, AdaptationRule]:
+    """A registry model (``models:/metagen@champion``) as a learner and its adaptation rule:
+    weights + config, no pickle."""
     with tempfile.TemporaryDirectory(prefix="metagen-dl-") as tmp:
         local = download_model(uri, Path(tmp))
         config = json.loads(next(local.rglob("config.json")).read_text())
@@ -121,7 +119,7 @@ def load_registered_learner(uri: str, params: Params | None = None) -> Restored:
     learner.model.load_state_dict(blob["model"])
     if learner.lrs is not None and blob.get("lrs") is not None:
         learner.lrs.load_state_dict(blob["lrs"])
-    return Restored(learner, cfg, TrainState(), {"meta": config["meta"]})
+    return Restored(learner, cfg, TrainState(), {"meta": config["meta"]}), AdaptationRule.from_dict(config["adaptation"])
 
 
 # --- the promotion gate ---------------------------------------------------------------------------
@@ -206,17 +204,61 @@ class GateDecision:
     fid: float
     champion_before: str | None
     champion_after: str | None
+    failed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GateRules:
+    sampling: str
+    fid_threshold: float
+    max_copy_rate: float
+    require_beats_baselines: bool
+
+    @classmethod
+    def from_params(cls, params: Params) -> GateRules:
+        r = params.registry
+        return cls(params.eval.sampling, r.fid_threshold, r.max_copy_rate, r.require_beats_baselines)
+
+
+def own_conditions(report: dict[str, Any], rules: GateRules) -> list[tuple[str, bool]]:
+    """The version's own conditions, each stated with its numbers: threshold, copy rate, baselines."""
+    meta = next(r for r in report["rows"] if r["model"] == "meta" and r["sampling"] == rules.sampling)
+    fid, copy = float(meta["fid_mean"]), float(meta["copy_rate"])
+    out = [(f"FID {fid:.4f} {'<=' if fid <= rules.fid_threshold else '>'} registry.fid_threshold "
+            f"{rules.fid_threshold:g}", bool(np.isfinite(fid) and fid <= rules.fid_threshold)),
+           (f"copy_rate {copy:.3f} {'<=' if copy <= rules.max_copy_rate else '>'} registry.max_copy_rate "
+            f"{rules.max_copy_rate:g}", copy <= rules.max_copy_rate)]
+    if not rules.require_beats_baselines:
+        return out
+    for name in dict.fromkeys(r["model"] for r in report["rows"] if r["model"] != "meta"):
+        rows = [r for r in report["rows"] if r["model"] == name]
+        honest = [r for r in rows if float(r["copy_rate"]) <= rules.max_copy_rate]
+        if not honest:
+            worst = min(float(r["copy_rate"]) for r in rows)
+            out.append((f"{name} excluded: a copier (copy_rate {worst:.3f} > {rules.max_copy_rate:g})", True))
+            continue
+        best = min(honest, key=lambda r: float(r["fid_mean"]))
+        b_fid = float(best["fid_mean"])
+        out.append((f"FID {fid:.4f} {'<' if fid < b_fid else '>='} {name} ({best['sampling']}) {b_fid:.4f}",
+                    fid < b_fid))
+    return out
+
+
+def _state(conditions: list[tuple[str, bool]]) -> str:
+    return "; ".join(f"{text} ({'pass' if ok else 'FAIL'})" for text, ok in conditions)
 
 
 def promote(
-    name: str, version: str, fid: float, threshold: float, extractor_digest: str, protocol_digest: str,
-    reevaluate: Callable[[str], float],
+    name: str, version: str, report: dict[str, Any], rules: GateRules, reevaluate: Callable[[str], float],
 ) -> GateDecision:
-    """Apply the gate to ``version``; ``reevaluate(version)`` scores another version on this protocol."""
+    """Apply the gate to ``version`` (scored by ``report``); ``reevaluate(version)`` scores another
+    version on this protocol. Champion only if every condition holds; the reason states each."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    key = fid_key(extractor_digest, protocol_digest)
+    key = fid_key(report["extractor"]["digest"], report["protocol"]["digest"])
+    fid = float(next(r for r in report["rows"] if r["model"] == "meta" and r["sampling"] == rules.sampling)["fid_mean"])
+    conditions = own_conditions(report, rules)
     before = _alias_version(client, name, CHAMPION)
     champion_fid = None
     if before is not None and before != version:
@@ -228,25 +270,29 @@ def promote(
             champion_fid = reevaluate(before)
             _write(client.set_model_version_tag, name, before, key, repr(champion_fid))
             _write(client.set_model_version_tag, name, before, f"eligible/{key}",
-                   str(champion_fid <= threshold).lower())
-    client.set_model_version_tag(name, version, key, repr(fid))
-    if not np.isfinite(fid) or fid > threshold:
-        reason = f"FID {fid:.4f} > registry.fid_threshold {threshold:g}"
-        after = before
-    else:
-        client.set_model_version_tag(name, version, f"eligible/{key}", "true")
+                   str(champion_fid <= rules.fid_threshold).lower())
+    _write(client.set_model_version_tag, name, version, key, repr(fid))
+    after = before
+    if all(ok for _, ok in conditions):
+        _write(client.set_model_version_tag, name, version, f"eligible/{key}", "true")
         after = reconcile(client, name, key)
-        if after == version:
-            reason = (f"FID {fid:.4f} <= threshold {threshold:g}" +
-                      (f" and < champion v{before}'s {champion_fid:.4f}" if champion_fid is not None else "; first champion"))
-        else:
-            champ = float(client.get_model_version(name, after).tags[key]) if after else float("nan")
-            reason = f"FID {fid:.4f} is not lower than champion v{after}'s {champ:.4f}"
+    if after is not None and after != version:
+        champ = champion_fid if after == before and champion_fid is not None else float(
+            client.get_model_version(name, after).tags.get(key, "nan"))
+        conditions.append((f"FID {fid:.4f} {'<' if fid < champ else '>='} champion v{after} {champ:.4f}", fid < champ))
+    elif after == version:
+        conditions.append(("first champion", True) if before is None or before == version else
+                          (f"FID {fid:.4f} < champion v{before} {champion_fid:.4f}", True))
     decision = "promoted" if after == version else "rejected"
-    client.set_model_version_tag(name, version, "gate.decision", decision)
-    client.set_model_version_tag(name, version, "gate.reason", reason)
+    failed = tuple(text for text, ok in conditions if not ok)
+    reason = _state(conditions)
+    _write(client.set_model_version_tag, name, version, "gate.decision", decision)
+    _write(client.set_model_version_tag, name, version, "gate.reason", reason[:5000])
+    if failed:
+        _write(client.set_model_version_tag, name, version, "gate.failed", "; ".join(failed)[:5000])
+    client.update_model_version(name, version, description=f"**{decision}** by the promotion gate: {reason}")
     log.info("gate: v%s %s (%s)", version, decision, reason)
-    return GateDecision(version, decision, reason, fid, before, after)
+    return GateDecision(version, decision, reason, fid, before, after, failed)
 
 
 def register_checkpoint(run_id: str, checkpoint: Path, params: Params, prepared_dir: Path,
@@ -258,5 +304,18 @@ def register_checkpoint(run_id: str, checkpoint: Path, params: Params, prepared_
     learner = load_learner(checkpoint).learner
     test = load_split(prepared_dir, "test")
     example = test.images[test.labels == 0][: params.meta.k_shot].astype(np.float32)
-    uri = log_generator(run_id, learner, params, example)
+    uri = log_generator(run_id, learner, AdaptationRule.from_params(params), params, example)
     return register(uri, params.registry.model_name, {**tags, "mlflow.run_id": run_id, "model_uri": uri})
+
+
+def score_registered(uri: str, params: Params, root: Path) -> float:
+    """Re-evaluate a registered version on the current protocol (meta-model only), adapting it by
+    the rule it was registered with."""
+    from components.evaluation.evaluate import evaluate, meta_row
+
+    restored, rule = load_registered_learner(uri)
+    rule = replace(rule, sampling=params.eval.sampling)
+    with tempfile.TemporaryDirectory(prefix="metagen-reeval-") as tmp:
+        out = evaluate(restored.learner, rule, params, root / params.data.prepared_dir, Path(tmp),
+                       root / params.eval.features_dir, root / params.train.checkpoint_dir, baselines=False)
+    return float(meta_row(out.report, params.eval.sampling)["fid_mean"])

@@ -87,8 +87,8 @@ def log_eval_rows(client: Any, run_id: str, rows: list[dict[str, Any]], model: s
     for r in rows:
         if r["model"] != model:
             continue
-        for key in ("fid_mean", "fid_std", "kid_mean", "kid_std", "query_nll_mean", "query_nll_std",
-                    "aug_acc_mean", "aug_acc_std"):
+        for key in ("fid_mean", "fid_std", "kid_mean", "kid_std", "nll_mean", "nll_std", "precision", "recall",
+                    "density", "coverage", "copy_rate", "aug_acc_mean", "aug_acc_std"):
             if r.get(key) is not None:
                 metrics.append(Metric(f"eval.{r['sampling']}.{key}", float(r[key]), now, 0))
     if metrics:
@@ -152,6 +152,8 @@ def log_evaluation(params: Params, root: Path, run_id: str, report: dict[str, An
     log_eval_rows(client, run_id, report["rows"], "meta")
     client.set_tag(run_id, "eval.extractor", f"{report['extractor']['name']}:{report['extractor']['digest']}")
     client.set_tag(run_id, "eval.protocol_digest", report["protocol"]["digest"])
+    if report["extractor"].get("heldout_accuracy") is not None:
+        client.log_metric(run_id, "extractor.heldout_accuracy", float(report["extractor"]["heldout_accuracy"]))
     for name in sorted({r["model"] for r in report["rows"]} - {"meta"}):
         child = start_run(params, root, f"baseline-{name}", parent_run_id=run_id,
                           extra_tags={"metagen.kind": "baseline", "eval.protocol_digest": report["protocol"]["digest"]})

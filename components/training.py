@@ -105,8 +105,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         record: dict[str, Any] = {"step": state.step, **metrics, "world_size": world,
                                   "steps_per_s": len(steps_done) / (time.perf_counter() - started)}
         if rank == 0 and (state.step % params.train.val_every == 0 or state.step == params.train.steps):
-            record.update(validate(learner, val_sampler, params.train.val_tasks, params.meta.inner_steps,
-                                   params.train.seed))
+            record.update(validate(learner, val_sampler, params.train.val_tasks, params.train.seed))
         if rank == 0:
             state.history.append({k: float(v) for k, v in record.items()})
         ckpt = None

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from components.errors import MetagenError
 
@@ -187,7 +188,9 @@ def run(
     if data.get("data_changed"):
         console.print("[yellow]data changed[/]: the rebuilt data/ differs from the committed data.dvc")
     console.print(out["markdown"])
-    console.print(f"model [bold]{out['model_name']}[/] v{d['version']}: [bold]{d['decision']}[/] ({d['reason']})")
+    console.print(f"model [bold]{out['model_name']}[/] v{d['version']}: [bold]{d['decision']}[/]")
+    for condition in d["reason"].split("; "):
+        console.print(f"  - {escape(condition)}")
     console.print(f"champion now: v{d['champion_after']}; MLflow run {out['run_id']}; took {time.perf_counter() - start:.0f} s")
     console.print(f"artifacts: {', '.join(out['files'])}")
     uri = out["tracking_uri"]

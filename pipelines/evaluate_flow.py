@@ -9,18 +9,32 @@ from prefect import flow, task
 from pipelines.common import load
 
 
+@task(name="feature-extractor")
+def feature_extractor(root: str) -> None:
+    """The dvc.yaml `features` stage (DVC skips it when its inputs are unchanged)."""
+    from pathlib import Path
+
+    from components.data.dvc_ops import dvc_repro
+
+    dvc_repro(Path(root), "features")
+
+
 @task(name="few-shot-evaluation")
 def run_evaluation(root: str, params_json: dict[str, Any], checkpoint: str | None, model_uri: str | None) -> dict[str, Any]:
     from pathlib import Path
 
     from components.evaluation.evaluate import evaluate
+    from components.meta.adaptation import AdaptationRule
     from components.meta.trainer import load_learner
     from components.params import validate_params
     from components.registry import load_registered_learner
 
     params, base = validate_params(params_json), Path(root)
-    restored = load_registered_learner(model_uri) if model_uri else load_learner(Path(checkpoint))
-    out = evaluate(restored.learner, params, base / params.data.prepared_dir, base / params.eval.reports_dir,
+    if model_uri:
+        restored, rule = load_registered_learner(model_uri)
+    else:
+        restored, rule = load_learner(Path(checkpoint)), AdaptationRule.from_params(params)
+    out = evaluate(restored.learner, rule, params, base / params.data.prepared_dir, base / params.eval.reports_dir,
                    base / params.eval.features_dir, base / params.train.checkpoint_dir, history=restored.state.history)
     return {"report": out.report, "files": [str(p) for p in [out.report_path, out.markdown_path, *out.pictures]],
             "markdown": out.markdown_path.read_text()}
@@ -46,6 +60,8 @@ def evaluate(root: str = ".", params_path: str = "params.yaml", overrides: list[
     own = run_id is None
     if own:
         run_id = start_run(params, base, "evaluate", extra_tags={"eval.model": model_uri or str(checkpoint)})
+    if params.eval.extractor == "domain":
+        feature_extractor(str(base))
     result = run_evaluation(str(base), params.model_dump(mode="json"), checkpoint, model_uri)
     track_evaluation(str(base), params.model_dump(mode="json"), run_id, result)
     if own:

@@ -27,19 +27,15 @@ def register_model(root: str, params_json: dict[str, Any], run_id: str, checkpoi
 def gate(root: str, params_json: dict[str, Any], version: str, report: dict[str, Any]) -> dict[str, Any]:
     from pathlib import Path
 
-    from components.evaluation.evaluate import meta_fid, score_registered
     from components.params import validate_params
-    from components.registry import promote
+    from components.registry import GateRules, promote, score_registered
     from components.tracking import configure
 
     params, base = validate_params(params_json), Path(root)
     configure(params, base)
     name = params.registry.model_name
-    decision = promote(
-        name, version, meta_fid(report, params.eval.sampling), params.registry.fid_threshold,
-        report["extractor"]["digest"], report["protocol"]["digest"],
-        reevaluate=lambda v: score_registered(f"models:/{name}/{v}", params, base),
-    )
+    decision = promote(name, version, report, GateRules.from_params(params),
+                       reevaluate=lambda v: score_registered(f"models:/{name}/{v}", params, base))
     return decision.__dict__
 
 
@@ -60,6 +56,7 @@ def promote(root: str = ".", params_path: str = "params.yaml", overrides: list[s
     report = report or json.loads((base / params.eval.reports_dir / "eval.json").read_text())
     tags = {**(tags or {}), "eval.extractor_digest": report["extractor"]["digest"],
             "eval.protocol_digest": report["protocol"]["digest"],
+            "eval.extractor_heldout_accuracy": str(report["extractor"].get("heldout_accuracy")),
             **{f"eval.{r['model']}.{r['sampling']}.fid": f"{r['fid_mean']:.4f}" for r in report["rows"]}}
     version = register_model(str(base), params.model_dump(mode="json"), run_id, checkpoint, tags)
     decision = gate(str(base), params.model_dump(mode="json"), version, report)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ TINY = [
     "train.report_every=3", "train.checkpoint_every=3", "train.val_tasks=2", "train.pretrain_steps=10",
     "eval.repeats=1", "eval.samples_per_class=16", "eval.kid_subsets=3", "eval.kid_subset_size=16",
     "eval.augment_steps=10", "eval.baseline_lrs=[0.0, 0.001]", "eval.baseline_steps=2", "eval.scratch_steps=3",
-    "eval.feature_steps=30", "eval.adapt_steps=2",
+    "eval.feature_steps=30", "eval.adapt_steps=2", "eval.min_extractor_accuracy=0", "eval.nll_samples=4",
 ]
 
 
@@ -62,6 +63,9 @@ def project(tmp_path: Path) -> Path:
     root.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(PROJECT / name, root)
+    # the DVC `features` stage reads params.yaml itself (not the flows' overrides): a short one here
+    text = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(re.sub(r"(?m)^(  feature_steps:) \d+", r"\1 30", text))
     for sub in ("components/data", "components/evaluation"):
         shutil.copytree(PROJECT / sub, root / sub, ignore=shutil.ignore_patterns("__pycache__"))
     run(["git", "init", "-q"], root)

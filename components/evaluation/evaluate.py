@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,18 @@ from components.atomic import atomic_file, write_text_atomic
 from components.data.prepare import Split, load_split, read_manifest
 from components.evaluation import extractors as ex
 from components.evaluation.pictures import fid_bar_chart, loss_curve, sample_grid, save_grid
-from components.evaluation.protocol import MODES, Protocol, choose_lr, draw_episode, evaluate_generator
+from components.errors import MetagenError
+from components.evaluation.protocol import (
+    MODES,
+    Protocol,
+    choose_lr,
+    draw_episode,
+    evaluate_generator,
+    select_classes,
+)
 from components.evaluation.report import markdown_table
 from components.meta.baselines import FinetuneGenerator, MetaGenerator, pretrain_vae
+from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.models.vae import ConvVAE, VAEConfig, param_dict
 from components.params import Params
@@ -40,14 +49,28 @@ def build_domain_features(params: Params, prepared_dir: Path, features_dir: Path
     return metrics
 
 
-def load_extractor(params: Params, prepared_dir: Path, features_dir: Path) -> ex.FeatureExtractor:
+def load_extractor(params: Params, features_dir: Path) -> tuple[ex.FeatureExtractor, float | None]:
+    """The configured extractor and (domain) its held-out accuracy; refuses one too weak to trust.
+
+    The domain extractor is the output of the dvc.yaml ``features`` stage: it is never trained here.
+    """
     if params.eval.extractor == "inception":
-        return ex.load_inception_extractor(params.eval.inception_weights)
+        return ex.load_inception_extractor(params.eval.inception_weights), None
     path = features_dir / DOMAIN_FILE
-    if not path.is_file():
-        log.info("no domain extractor at %s: training it now (the dvc.yaml `features` stage)", path)
-        build_domain_features(params, prepared_dir, features_dir)
-    return ex.load_domain_extractor(path)
+    extractor = ex.load_domain_extractor(path)
+    metrics_path = features_dir / DOMAIN_METRICS
+    try:
+        acc = float(json.loads(metrics_path.read_text())["heldout_accuracy"])
+    except (OSError, ValueError, KeyError) as err:
+        raise MetagenError(f"{metrics_path}: no held-out accuracy of the domain extractor ({err}); "
+                           "run `dvc repro features`") from None
+    floor = params.eval.min_extractor_accuracy
+    if acc < floor:
+        raise MetagenError(
+            f"{metrics_path}: the domain extractor's held-out accuracy {acc:.3f} is below "
+            f"eval.min_extractor_accuracy {floor:g}; its FID/PRDC would say little. Raise eval.feature_steps "
+            "and run `dvc repro features`, or use eval.extractor: inception")
+    return extractor, acc
 
 
 def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir: Path, data_key: str) -> ConvVAE:
@@ -80,6 +103,7 @@ class EvalOutputs:
 
 def evaluate(
     learner: MetaLearner,
+    rule: AdaptationRule,
     params: Params,
     prepared_dir: Path,
     out_dir: Path,
@@ -91,49 +115,51 @@ def evaluate(
 ) -> EvalOutputs:
     """The meta-model vs ``pretrain`` vs ``scratch`` vs support replay, each sampling mode."""
     notify = step or (lambda _msg: None)
-    cfg = learner.model.cfg
+    ev = params.eval
     train, val, test = (load_split(prepared_dir, s) for s in ("train", "val", "test"))
+    test = select_classes(test, ev.max_classes, ev.seed)
     manifest = read_manifest(prepared_dir)
-    protocol = Protocol(params.eval, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
-    extractor = load_extractor(params, prepared_dir, features_dir)
+    protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
+    extractor, extractor_acc = load_extractor(params, features_dir)
     notify("features of real images")
     test_feats = extractor.features(torch.from_numpy(test.images))
-    val_feats = extractor.features(torch.from_numpy(val.images))
     rows: list[dict[str, Any]] = []
     samples: dict[str, dict[str, list[torch.Tensor]]] = {}
-    lr_choices: dict[str, dict[str, float]] = {}
+    lr_choices: dict[str, Any] = {}
 
     stats = cache_dir / "fid-stats"
-    meta = MetaGenerator(learner)
     notify("meta-model")
-    meta_rows, samples["meta"] = evaluate_generator(
-        meta, test, test_feats, extractor, protocol, params.eval.adapt_steps, params.eval.inner_lr, stats_cache=stats)
+    meta_rows, samples["meta"] = evaluate_generator(MetaGenerator(learner, rule), test, test_feats, extractor,
+                                                    protocol, stats_cache=stats)
     rows += meta_rows
     if baselines:
+        val = select_classes(val, ev.lr_choice_classes, ev.seed + 1)
+        val_feats = extractor.features(torch.from_numpy(val.images))
+        plain = replace(learner.model.cfg, context_dim=0)  # the baselines: the same VAE without a context
         data_key = manifest["splits"]["train"]["sha256"]
-        pre_model = pretrained_baseline(params, cfg, train, cache_dir, data_key)
-        gens = [
-            (FinetuneGenerator("pretrain", pre_model, param_dict(pre_model)), params.eval.baseline_steps),
-            (FinetuneGenerator("scratch", ConvVAE(cfg), None), params.eval.scratch_steps),
-        ]
-        for gen, steps in gens:
+        pre_model = pretrained_baseline(params, plain, train, cache_dir, data_key)
+        gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.baseline_steps),
+                FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
+        for gen in gens:
             notify(f"{gen.name}: choosing its adaptation lr on meta-val")
-            lr, scores = choose_lr(gen, val, val_feats, extractor, protocol, steps, params.eval.baseline_lrs, "support")
-            lr_choices[gen.name] = {"chosen": lr, **{f"fid@{k:g}": v for k, v in scores.items()}}
+            gen, scores = choose_lr(gen, val, val_feats, extractor, protocol, ev.baseline_lrs, "support",
+                                    params.registry.max_copy_rate)
+            lr_choices[gen.name] = {"chosen": gen.lr, "by_lr": scores}
             notify(gen.name)
-            g_rows, samples[gen.name] = evaluate_generator(gen, test, test_feats, extractor, protocol, steps, lr,
+            g_rows, samples[gen.name] = evaluate_generator(gen, test, test_feats, extractor, protocol,
                                                            stats_cache=stats)
             rows += g_rows
     notify("support replay")
-    replay_rows, _ = evaluate_generator(None, test, test_feats, extractor, protocol, 0, None, stats_cache=stats)
+    replay_rows, _ = evaluate_generator(None, test, test_feats, extractor, protocol, stats_cache=stats)
     rows += replay_rows
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = _pictures(out_dir, test, protocol, samples, rows, history)
     report = {
-        "protocol": {"digest": protocol.digest, **params.eval.model_dump(mode="json"), "k_shot": params.meta.k_shot,
+        "protocol": {"digest": protocol.digest, **ev.model_dump(mode="json"), "k_shot": params.meta.k_shot,
                      "test_classes": test.classes},
-        "extractor": {"name": extractor.name, "digest": extractor.digest},
+        "extractor": {"name": extractor.name, "digest": extractor.digest, "heldout_accuracy": extractor_acc},
+        "adaptation": rule.to_dict(),
         "rows": rows,
         "baseline_lr_selection": lr_choices,
         "best": {mode: min((r for r in rows if r["sampling"] == mode), key=lambda r: r["fid_mean"])["model"]
@@ -159,7 +185,8 @@ def _pictures(out_dir: Path, test: Split, protocol: Protocol, samples: dict, row
     for name, by_mode in samples.items():
         for mode, per_class in by_mode.items():
             grid = sample_grid(supports, [per_class[c] for c in shown], per_row=10)
-            paths.append(save_grid(out_dir / f"grid_{name}_{mode}.png", grid))
+            title = f"{name}, {mode} sampling: each row a test class, its K={protocol.k_shot} supports | samples"
+            paths.append(save_grid(out_dir / f"grid_{name}_{mode}.png", grid, title))
     paths.append(fid_bar_chart(out_dir / "fid.png", rows))
     if history:
         curve = loss_curve(out_dir / "loss.png", history)
@@ -168,19 +195,6 @@ def _pictures(out_dir: Path, test: Split, protocol: Protocol, samples: dict, row
     return paths
 
 
-def meta_fid(report: dict[str, Any], sampling: str) -> float:
-    """The gated number: the meta-model's pooled few-shot FID in the configured sampling mode."""
-    return next(r["fid_mean"] for r in report["rows"] if r["model"] == "meta" and r["sampling"] == sampling)
-
-
-def score_registered(uri: str, params: Params, root: Path) -> float:
-    """Re-evaluate a registered version on the current protocol (meta-model only)."""
-    import tempfile
-
-    from components.registry import load_registered_learner
-
-    restored = load_registered_learner(uri)
-    with tempfile.TemporaryDirectory(prefix="metagen-reeval-") as tmp:
-        out = evaluate(restored.learner, params, root / params.data.prepared_dir, Path(tmp),
-                       root / params.eval.features_dir, root / params.train.checkpoint_dir, baselines=False)
-    return meta_fid(out.report, params.eval.sampling)
+def meta_row(report: dict[str, Any], sampling: str) -> dict[str, Any]:
+    """The gated row: the meta-model in the configured sampling mode."""
+    return next(r for r in report["rows"] if r["model"] == "meta" and r["sampling"] == sampling)

@@ -44,40 +44,64 @@ def state_digest(name: str, state: dict[str, Tensor]) -> str:
 
 # --- domain CNN ------------------------------------------------------------------------------------
 class DomainCNN(nn.Module):
-    def __init__(self, channels: int, num_classes: int, feature_dim: int = 128) -> None:
+    """Four conv blocks (3x3, BatchNorm, ReLU, 2x2 max-pool), the few-shot literature's backbone (not
+    meta-learned, so BatchNorm is safe here; evaluated in eval mode with its running statistics)."""
+
+    def __init__(self, channels: int, num_classes: int, feature_dim: int = 128, width: int = 64) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, 1, 1), nn.GroupNorm(8, 32), nn.SiLU(),
-            nn.Conv2d(32, 64, 4, 2, 1), nn.GroupNorm(8, 64), nn.SiLU(),
-            nn.Conv2d(64, 128, 4, 2, 1), nn.GroupNorm(8, 128), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(128, feature_dim), nn.SiLU(),
-        )
+        blocks: list[nn.Module] = []
+        c_in = channels
+        for _ in range(4):
+            blocks += [nn.Conv2d(c_in, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            c_in = width
+        self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
 
 
+def random_affine(x: Tensor, gen: torch.Generator, max_shift: float = 0.08, max_rotate: float = 0.15,
+                  scale: tuple[float, float] = (0.9, 1.1)) -> Tensor:
+    """Each image shifted (fraction of its size), rotated (radians) and scaled at random."""
+    n = x.shape[0]
+    u = torch.rand(n, 4, generator=gen, dtype=x.dtype)
+    angle = (2 * u[:, 0] - 1) * max_rotate
+    s = scale[0] + (scale[1] - scale[0]) * u[:, 1]
+    tx, ty = (2 * u[:, 2] - 1) * max_shift * 2, (2 * u[:, 3] - 1) * max_shift * 2
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = x[:, :, :1, :1]  # the corner pixel's value fills what comes into view
+    return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
+
+
 def train_classifier(
-    images: Tensor, labels: Tensor, num_classes: int, steps: int, seed: int, batch_size: int = 64, lr: float = 2e-3
+    images: Tensor, labels: Tensor, num_classes: int, steps: int, seed: int, batch_size: int = 64, lr: float = 2e-3,
+    augment: bool = False,
 ) -> DomainCNN:
-    """Adam on cross-entropy, seeded; light shift augmentation."""
+    """Adam on cross-entropy, seeded, cosine-decayed; shift augmentation, or random affine
+    transforms (``augment``), so that a few images per class generalise."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = DomainCNN(images.shape[1], num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     net.train()
     for _ in range(steps):
         idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=gen)
         x = images[idx]
-        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-        x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+        if augment:
+            x = random_affine(x, gen)
+        else:
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+            x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
         loss = F.cross_entropy(net(x), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
     net.eval()
     return net
 
@@ -132,7 +156,7 @@ def fit_domain_extractor(train_images: np.ndarray, train_labels: np.ndarray, ste
         test_mask[rng.choice(idx, max(1, int(len(idx) * holdout)), replace=False)] = True
     x, y = torch.from_numpy(train_images), torch.from_numpy(train_labels)
     num_classes = int(train_labels.max()) + 1
-    net = train_classifier(x[~test_mask], y[~test_mask], num_classes, steps, seed)
+    net = train_classifier(x[~test_mask], y[~test_mask], num_classes, steps, seed, augment=True)
     metrics = {
         "heldout_accuracy": accuracy(net, x[test_mask], y[test_mask]),
         "train_accuracy": accuracy(net, x[~test_mask], y[~test_mask]),

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from components.atomic import atomic_file
 
@@ -23,9 +23,20 @@ def sample_grid(supports: list[Tensor], samples: list[Tensor], per_row: int) -> 
     return make_grid(torch.cat(padded), nrow=ncol, padding=2, pad_value=0.5)
 
 
-def save_grid(path: Path, grid: Tensor) -> Path:
+def save_grid(path: Path, grid: Tensor, title: str | None = None, scale: int = 3) -> Path:
+    """The grid enlarged ``scale`` times (nearest neighbour, so pixels stay crisp), under a title."""
+    from PIL import Image, ImageDraw
+
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0]).convert("RGB")
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    if title:
+        canvas = Image.new("RGB", (img.width, img.height + 22), "white")
+        canvas.paste(img, (0, 22))
+        ImageDraw.Draw(canvas).text((4, 5), title, fill="black")
+        img = canvas
     with atomic_file(path) as tmp:
-        save_image(grid, tmp, format="png")
+        img.save(tmp, format="png")
     return path
 
 

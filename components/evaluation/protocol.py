@@ -1,7 +1,13 @@
-"""The few-shot evaluation protocol (after LoFGAN's): adapt on K images of each meta-test class,
-generate M images, score pooled FID / KID against the class's real images outside the supports,
-the query negative ELBO, and the accuracy of a classifier trained on the generated images and
-tested on the real ones (F2GAN's augmentation measure). Repeated over seeds: mean and std.
+"""The few-shot evaluation protocol: adapt on K images of each meta-test class, then score.
+
+Per model and repeat (a seeded draw of the K supports of every class):
+* ``nll``: an importance-weighted estimate (IWAE, ``eval.nll_samples``) of -log p(x) of the class's
+  held-out images given the adapted model, nats per image: the headline, which copying cannot win;
+* per sampling mode, ``eval.samples_per_class`` images per class scored against the held-out real
+  images in the extractor's space: pooled FID and KID, precision / recall / density / coverage,
+  the copy rate (:mod:`components.evaluation.memorisation`), and the accuracy of a classifier
+  trained on the generated images and tested on the real ones (F2GAN's augmentation measure).
+Means and standard deviations over ``eval.repeats``.
 """
 
 from __future__ import annotations
@@ -9,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,16 +26,16 @@ from torch import Tensor
 from components.data.prepare import Split
 from components.errors import MetagenError
 from components.evaluation.extractors import FeatureExtractor, accuracy, train_classifier
-from pathlib import Path
-
 from components.evaluation.frechet import cached_statistics, frechet_distance, kid, statistics
-from components.meta.baselines import FewShotGenerator
-from components.models.vae import neg_elbo, sample
+from components.evaluation.memorisation import copy_rate, prdc
+from components.meta.baselines import FewShotGenerator, FinetuneGenerator
+from components.models.vae import iwae_nll, sample
 from components.params import EvalParams
 
 log = logging.getLogger(__name__)
 MODES = ("prior", "support")
 REPLAY = "support_replay"
+SAMPLE_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "copy_rate", "aug_acc")
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,22 @@ class Protocol:
         fields = self.eval.model_dump(
             mode="json",
             include={"seed", "repeats", "samples_per_class", "temperature", "kid_subsets", "kid_subset_size",
-                     "augment_steps"},
+                     "augment_steps", "max_classes", "nll_samples", "nll_max_images", "prdc_k", "copy_percentile"},
         )
         blob = json.dumps({"eval": fields, "k_shot": self.k_shot, "test": self.test_sha256}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def select_classes(split: Split, max_classes: int | None, seed: int) -> Split:
+    """A seeded subset of ``max_classes`` classes (all when ``None`` or fewer exist), relabelled."""
+    n = len(split.classes)
+    if max_classes is None or max_classes >= n:
+        return split
+    keep = np.sort(np.random.default_rng([seed, n]).choice(n, size=max_classes, replace=False))
+    mask = np.isin(split.labels, keep)
+    relabel = {int(c): i for i, c in enumerate(keep)}
+    labels = np.array([relabel[int(c)] for c in split.labels[mask]], dtype=split.labels.dtype)
+    return Split(split.images[mask], labels, [split.classes[int(c)] for c in keep])
 
 
 @dataclass
@@ -70,24 +88,16 @@ def draw_episode(split: Split, k_shot: int, seed: int) -> Episode:
 
 @dataclass
 class RepeatResult:
-    fid: dict[str, float] = field(default_factory=dict)
-    kid: dict[str, float] = field(default_factory=dict)
-    aug_acc: dict[str, float] = field(default_factory=dict)
-    query_nll: float | None = None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> metric -> value
+    nll: float | None = None
     samples: dict[str, list[Tensor]] = field(default_factory=dict)
 
 
-def _query_nll(gen: FewShotGenerator, params: dict, real: Tensor, seed: int, max_images: int = 64) -> float:
-    x = real[:max_images]
-    eps = torch.randn(len(x), gen.model.cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return float(neg_elbo(gen.model, params, x, eps).mean())
-
-
-def _score(
+def score_samples(
     generated: list[Tensor], split: Split, episode: Episode, real_feats: np.ndarray, extractor: FeatureExtractor,
     protocol: Protocol, seed: int, name: str, score_aug: bool = True, stats_cache: Path | None = None,
-) -> tuple[float, float, float]:
+) -> dict[str, float]:
+    """Every sample metric of one mode (``generated[c]``: class c's images) against held-out reals."""
     fake = torch.cat(generated)
     if not torch.isfinite(fake).all():
         raise MetagenError(f"model {name!r} generated images with NaN or inf; refusing to compute FID")
@@ -100,25 +110,30 @@ def _score(
         s_real = cached_statistics(stats_cache, key, lambda: real)
     else:
         s_real = statistics(real, "real features")
-    fid = frechet_distance(s_fake.mu, s_fake.sigma, s_real.mu, s_real.sigma)
-    kid_mean, _ = kid(fake_feats, real, protocol.eval.kid_subsets, protocol.eval.kid_subset_size, seed)
-    if not score_aug:
-        return fid, kid_mean, float("nan")
-    labels = torch.cat([torch.full((len(g),), c, dtype=torch.long) for c, g in enumerate(generated)])
-    clf = train_classifier(fake, labels, len(generated), protocol.eval.augment_steps, seed)
-    real_x = torch.from_numpy(split.images[held])
-    real_y = torch.from_numpy(split.labels[held])
-    return fid, kid_mean, accuracy(clf, real_x, real_y)
+    out = {"fid": frechet_distance(s_fake.mu, s_fake.sigma, s_real.mu, s_real.sigma)}
+    out["kid"], _ = kid(fake_feats, real, protocol.eval.kid_subsets, protocol.eval.kid_subset_size, seed)
+    out.update(prdc(real, fake_feats, protocol.eval.prdc_k))
+    bounds = np.cumsum([0] + [len(g) for g in generated])
+    out["copy_rate"] = copy_rate(
+        [fake_feats[bounds[c] : bounds[c + 1]] for c in range(len(generated))],
+        [real_feats[s] for s in episode.supports], [real_feats[h] for h in episode.heldout],
+        protocol.eval.copy_percentile)
+    out["aug_acc"] = float("nan")
+    if score_aug:
+        labels = torch.cat([torch.full((len(g),), c, dtype=torch.long) for c, g in enumerate(generated)])
+        clf = train_classifier(fake, labels, len(generated), protocol.eval.augment_steps, seed)
+        out["aug_acc"] = accuracy(clf, torch.from_numpy(split.images[held]), torch.from_numpy(split.labels[held]))
+    return out
 
 
 def run_repeat(
     gen: FewShotGenerator | None, split: Split, episode: Episode, real_feats: np.ndarray,
-    extractor: FeatureExtractor, protocol: Protocol, steps: int, lr: float | None, seed: int,
-    modes: tuple[str, ...] = MODES, score_aug: bool = True, stats_cache: Path | None = None,
+    extractor: FeatureExtractor, protocol: Protocol, seed: int, modes: tuple[str, ...] = MODES,
+    score_aug: bool = True, score_nll: bool = True, stats_cache: Path | None = None,
 ) -> RepeatResult:
     """One repeat of the protocol for one generator (``None``: the support-replay reference)."""
     out = RepeatResult()
-    m = protocol.eval.samples_per_class
+    m, ev = protocol.eval.samples_per_class, protocol.eval
     torch_gen = torch.Generator().manual_seed(seed)
     per_mode: dict[str, list[Tensor]] = {mode: [] for mode in modes}
     nlls = []
@@ -129,18 +144,19 @@ def run_repeat(
             for mode in modes:
                 per_mode[mode].append(reps)
             continue
-        adapted = gen.adapt(support, steps, lr, torch_gen)
-        real = torch.from_numpy(split.images[episode.heldout[c]])
-        nlls.append(_query_nll(gen, adapted, real, seed + c))
+        adapted = gen.adapt(support, torch_gen)
+        if score_nll:
+            real = torch.from_numpy(split.images[episode.heldout[c][: ev.nll_max_images]])
+            nll_gen = torch.Generator().manual_seed(seed + 7919 * (c + 1))
+            nlls.append(float(iwae_nll(gen.model, adapted, real, ev.nll_samples, nll_gen).mean()))
         for mode in modes:
-            per_mode[mode].append(sample(gen.model, adapted, m, torch_gen, mode, support, protocol.eval.temperature))
+            per_mode[mode].append(sample(gen.model, adapted, m, torch_gen, mode, support, ev.temperature))
     name = gen.name if gen is not None else REPLAY
     for mode in modes:
-        fid, kid_mean, acc = _score(per_mode[mode], split, episode, real_feats, extractor, protocol, seed, name,
-                                    score_aug, stats_cache)
-        out.fid[mode], out.kid[mode], out.aug_acc[mode] = fid, kid_mean, acc
+        out.metrics[mode] = score_samples(per_mode[mode], split, episode, real_feats, extractor, protocol, seed,
+                                          name, score_aug, stats_cache)
         out.samples[mode] = per_mode[mode]
-    out.query_nll = float(np.mean(nlls)) if nlls else None
+    out.nll = float(np.mean(nlls)) if nlls else None
     return out
 
 
@@ -150,47 +166,50 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def evaluate_generator(
     gen: FewShotGenerator | None, split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
-    protocol: Protocol, steps: int, lr: float | None, modes: tuple[str, ...] = MODES,
-    on_repeat: Callable[[int], None] | None = None, stats_cache: Path | None = None,
+    protocol: Protocol, modes: tuple[str, ...] = MODES, stats_cache: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[Tensor]]]:
     """Rows (one per sampling mode) with mean/std over ``eval.repeats`` and the first repeat's samples."""
     repeats = []
     for r in range(protocol.eval.repeats):
         seed = protocol.eval.seed + 1000 * r
         episode = draw_episode(split, protocol.k_shot, seed)
-        repeats.append(run_repeat(gen, split, episode, real_feats, extractor, protocol, steps, lr, seed, modes,
+        repeats.append(run_repeat(gen, split, episode, real_feats, extractor, protocol, seed, modes,
                                   stats_cache=stats_cache))
-        if on_repeat is not None:
-            on_repeat(r)
     name = gen.name if gen is not None else REPLAY
     rows = []
+    nll = [r.nll for r in repeats if r.nll is not None]
+    nll_m, nll_s = _mean_std(nll) if nll else (None, None)
     for mode in modes:
-        fid_m, fid_s = _mean_std([r.fid[mode] for r in repeats])
-        kid_m, kid_s = _mean_std([r.kid[mode] for r in repeats])
-        acc_m, acc_s = _mean_std([r.aug_acc[mode] for r in repeats])
-        nll = [r.query_nll for r in repeats if r.query_nll is not None]
-        nll_m, nll_s = _mean_std(nll) if nll else (None, None)
-        rows.append({
-            "model": name, "sampling": mode if gen is not None else "replay", "adapt_steps": steps, "adapt_lr": lr,
-            "fid_mean": fid_m, "fid_std": fid_s, "kid_mean": kid_m, "kid_std": kid_s,
-            "query_nll_mean": nll_m, "query_nll_std": nll_s, "aug_acc_mean": acc_m, "aug_acc_std": acc_s,
-        })
+        row: dict[str, Any] = {
+            "model": name, "sampling": mode if gen is not None else "replay",
+            "adapt_steps": gen.steps if gen is not None else 0, "adapt_lr": gen.lr if gen is not None else None,
+            "nll_mean": nll_m, "nll_std": nll_s,
+        }
+        for metric in SAMPLE_METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r.metrics[mode][metric] for r in repeats])
+        for metric in ("precision", "recall", "density", "coverage", "copy_rate"):
+            row[metric] = row[f"{metric}_mean"]
+        rows.append(row)
         if gen is None:
             break
     return rows, repeats[0].samples
 
 
 def choose_lr(
-    gen: FewShotGenerator, val: Split, val_feats: np.ndarray, extractor: FeatureExtractor, protocol: Protocol,
-    steps: int, lrs: list[float], mode: str,
-) -> tuple[float, dict[float, float]]:
-    """Pick the adaptation learning rate with the lowest FID on meta-val classes (one repeat)."""
-    scores: dict[float, float] = {}
-    episode = draw_episode(val, protocol.k_shot, protocol.eval.seed + 7)
+    gen: FinetuneGenerator, val: Split, val_feats: np.ndarray, extractor: FeatureExtractor, protocol: Protocol,
+    lrs: list[float], mode: str, max_copy_rate: float,
+) -> tuple[FinetuneGenerator, dict[str, dict[str, float]]]:
+    """The baseline's adaptation lr on meta-val classes (one repeat): the lowest FID among the lrs
+    whose samples do not copy (copy rate <= ``max_copy_rate``), so that the strongest honest
+    generator is the one compared; if every lr copies, the lowest FID (and the row says it copies)."""
+    scores: dict[str, dict[str, float]] = {}
+    seed = protocol.eval.seed + 7
+    episode = draw_episode(val, protocol.k_shot, seed)
     for lr in lrs:
-        res = run_repeat(gen, val, episode, val_feats, extractor, protocol, steps, lr, protocol.eval.seed + 7, (mode,),
-                         score_aug=False)
-        scores[lr] = res.fid[mode]
-    best = min(scores, key=lambda k: scores[k])
-    log.info("%s: adaptation lr %g chosen on meta-val (FID by lr: %s)", gen.name, best, scores)
-    return best, scores
+        res = run_repeat(replace(gen, lr=lr), val, episode, val_feats, extractor, protocol, seed, (mode,),
+                         score_aug=False, score_nll=False)
+        scores[f"{lr:g}"] = {"fid": res.metrics[mode]["fid"], "copy_rate": res.metrics[mode]["copy_rate"]}
+    honest = [lr for lr in lrs if scores[f"{lr:g}"]["copy_rate"] <= max_copy_rate] or list(lrs)
+    best = min(honest, key=lambda lr: scores[f"{lr:g}"]["fid"])
+    log.info("%s: adaptation lr %g chosen on meta-val (FID and copy rate by lr: %s)", gen.name, best, scores)
+    return replace(gen, lr=best), scores

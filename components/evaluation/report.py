@@ -6,25 +6,35 @@ from typing import Any
 
 
 def _pm(mean: float | None, std: float | None, fmt: str) -> str:
-    if mean is None:
+    if mean is None or mean != mean:  # None or NaN
         return "–"
     return f"{mean:{fmt}} ± {std:{fmt}}"
 
 
+def _f(value: float | None, fmt: str) -> str:
+    return "–" if value is None or value != value else f"{value:{fmt}}"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
+    ext = report["extractor"]
+    acc = ext.get("heldout_accuracy")
     lines = [
         f"Few-shot evaluation (K={report['protocol']['k_shot']}, {report['protocol']['repeats']} repeats, "
-        f"extractor {report['extractor']['name']} {report['extractor']['digest']}, protocol {report['protocol']['digest']})",
+        f"{len(report['protocol']['test_classes'])} test classes, extractor {ext['name']} {ext['digest']}"
+        + (f" with held-out accuracy {acc:.3f}" if acc is not None else "")
+        + f", protocol {report['protocol']['digest']})",
         "",
-        "| model | sampling | adapt steps | adapt lr | FID ↓ | KID ↓ | query -ELBO (nats) ↓ | augmentation acc ↑ |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | sampling | adapt steps | adapt lr | NLL (nats) ↓ | FID ↓ | KID ↓ | precision ↑ | recall ↑ | "
+        "density ↑ | coverage ↑ | copy rate ↓ | augmentation acc ↑ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
-        lr = "–" if r["adapt_lr"] is None else f"{r['adapt_lr']:g}"
+        lr = "learned" if r["model"] == "meta" and r["adapt_lr"] is None else _f(r["adapt_lr"], "g")
         lines.append(
-            f"| {r['model']} | {r['sampling']} | {r['adapt_steps']} | {lr} | {_pm(r['fid_mean'], r['fid_std'], '.2f')} | "
-            f"{_pm(r['kid_mean'], r['kid_std'], '.4f')} | {_pm(r['query_nll_mean'], r['query_nll_std'], '.1f')} | "
-            f"{_pm(r['aug_acc_mean'], r['aug_acc_std'], '.3f')} |"
+            f"| {r['model']} | {r['sampling']} | {r['adapt_steps']} | {lr} | {_pm(r['nll_mean'], r['nll_std'], '.1f')} | "
+            f"{_pm(r['fid_mean'], r['fid_std'], '.2f')} | {_pm(r['kid_mean'], r['kid_std'], '.4f')} | "
+            f"{_f(r['precision'], '.3f')} | {_f(r['recall'], '.3f')} | {_f(r['density'], '.3f')} | "
+            f"{_f(r['coverage'], '.3f')} | {_f(r['copy_rate'], '.3f')} | {_pm(r['aug_acc_mean'], r['aug_acc_std'], '.3f')} |"
         )
     lines += ["", "Lowest FID per sampling mode: " + ", ".join(f"{k}: **{v}**" for k, v in report["best"].items()), ""]
     return "\n".join(lines)

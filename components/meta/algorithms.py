@@ -1,5 +1,11 @@
 """MAML (second order), first-order MAML, Reptile and Meta-SGD on the VAE's negative ELBO.
 
+A task's adaptation starts from the meta-parameters plus, for a set-conditioned VAE, the class
+context the set encoder reads from the task's supports (:func:`with_context`); the inner loop then
+takes SGD steps on the keys of ``meta.adapt_scope`` (the context alone is CAVIA). First-order MAML
+uses the inner loop's displacement as a constant (``start + stopgrad(adapted - start)``), so the
+gradient still reaches the set encoder through the starting context.
+
 Two implementations of the same meta-gradient:
 
 * ``vectorized``: ``torch.func`` (``grad`` through the inner loop, ``vmap`` over the tasks of a
@@ -22,23 +28,44 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
 from components.meta.tasks import TaskBatch
-from components.models.vae import ConvVAE, Params, per_pixel_loss
+from components.models.vae import CONTEXT, ConvVAE, Params, per_pixel_loss, with_context
 from components.params import MetaParams
 
 Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
 LR = float | Mapping[str, Tensor]
 
 
+SCOPES = ("all", "decoder", "head", "film", "context")
+SET_ENCODER = ("set_embed.", "set_head.")
+
+
 def adapt_keys(model: ConvVAE, scope: str) -> tuple[str, ...]:
-    """The parameters the inner loop changes: all, the decoder, or the decoder's input layer."""
-    names = [n for n, _ in model.named_parameters()]
+    """The entries the inner loop changes: all weights, the decoder, the decoder's input layer,
+    the FiLM layer, or (set-conditioned VAE) the class context alone. A set-conditioned VAE always
+    adapts its context too."""
+    # the set encoder only makes the starting context: adapting it after that changes nothing
+    names = [n for n, _ in model.named_parameters() if not n.startswith(SET_ENCODER)]
+    ctx = (CONTEXT,) if model.conditional else ()
+    if scope in ("film", "context") and not model.conditional:
+        raise ValueError(f"meta.adapt_scope {scope!r} needs a set-conditioned VAE (model.context_dim > 0)")
     if scope == "all":
-        return tuple(names)
+        return ctx + tuple(names)
     if scope == "decoder":
-        return tuple(n for n in names if n.startswith(("dec_in.", "decoder.")) or n == "log_sigma")
+        return ctx + tuple(n for n in names if n.startswith(("dec_in.", "decoder.", "film.")) or n == "log_sigma")
     if scope == "head":
-        return tuple(n for n in names if n.startswith("dec_in."))
-    raise ValueError(f"meta.adapt_scope must be all, decoder or head, got {scope!r}")
+        return ctx + tuple(n for n in names if n.startswith("dec_in."))
+    if scope == "film":
+        return ctx + tuple(n for n in names if n.startswith("film."))
+    if scope == "context":
+        return ctx
+    raise ValueError(f"meta.adapt_scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+
+
+def key_shape(model: ConvVAE, key: str) -> torch.Size:
+    """Shape of an adaptable entry (a weight, or the context): Meta-SGD's learned rates match it."""
+    if key == CONTEXT:
+        return torch.Size([model.cfg.context_dim])
+    return dict(model.named_parameters())[key].shape
 
 
 @dataclass(frozen=True)
@@ -88,12 +115,19 @@ def adapt(
     return fast
 
 
+def _context_pull(model: ConvVAE, meta: Params, support: Tensor, target: Tensor) -> Tensor:
+    """Reptile for the set encoder: half the squared distance from its context to the adapted one
+    (its gradient is the Reptile direction ``c0 - c_adapted`` carried back to the set encoder)."""
+    start = with_context(model, meta, support)[CONTEXT]
+    return 0.5 * (start - target).pow(2).sum()
+
+
 # --- vectorized (torch.func) -------------------------------------------------------------------
 def _task_fns(model: ConvVAE, cfg: AlgoConfig):  # noqa: ANN202
     k_steps = cfg.inner_steps
 
     def outer_loss(meta: Params, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor) -> Tensor:
-        adapted = adapt(model, meta, support, k_steps, lrs, eps_in, cfg.keys)
+        adapted = adapt(model, with_context(model, meta, support), support, k_steps, lrs, eps_in, cfg.keys)
         return per_pixel_loss(model, adapted, query, eps_q)
 
     def maml(meta, lrs, support, query, eps_in, eps_q):  # noqa: ANN001, ANN202
@@ -104,17 +138,27 @@ def _task_fns(model: ConvVAE, cfg: AlgoConfig):  # noqa: ANN202
         (g, g_lr), loss = grad_and_value(outer_loss, argnums=(0, 1))(meta, lrs, support, query, eps_in, eps_q)
         return loss, {**g, **{f"lr::{k}": v for k, v in g_lr.items()}}
 
+    def fomaml_loss(meta: Params, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor) -> Tensor:
+        start = with_context(model, meta, support)
+        adapted = adapt(model, {k: v.detach() for k, v in start.items()}, support, k_steps, lrs, eps_in, cfg.keys)
+        moved = {k: start[k] + (adapted[k] - start[k]).detach() for k in start}
+        return per_pixel_loss(model, moved, query, eps_q)
+
     def fomaml(meta, lrs, support, query, eps_in, eps_q):  # noqa: ANN001, ANN202
-        adapted = adapt(model, meta, support, k_steps, lrs, eps_in, cfg.keys)
-        adapted = {k: v.detach() for k, v in adapted.items()}
-        g, loss = grad_and_value(lambda p: per_pixel_loss(model, p, query, eps_q))(adapted)
+        g, loss = grad_and_value(fomaml_loss)(meta, lrs, support, query, eps_in, eps_q)
         return loss, g
 
     def reptile(meta, lrs, support, query, eps_in, eps_q):  # noqa: ANN001, ANN202
         data = torch.cat([support, query])
-        adapted = adapt(model, meta, data, k_steps, lrs, eps_in, cfg.keys)
+        adapted = adapt(model, with_context(model, meta, support), data, k_steps, lrs, eps_in, cfg.keys)
         loss = per_pixel_loss(model, adapted, query, eps_q)
-        return loss, {k: meta[k] - adapted[k] for k in meta}
+        direction = {k: meta[k] - adapted[k] for k in meta}
+        if model.conditional:
+            set_part = {k: v for k, v in meta.items() if k.startswith(SET_ENCODER)}
+            rest = {k: v.detach() for k, v in meta.items() if not k.startswith(SET_ENCODER)}
+            direction.update(grad(lambda p: _context_pull(model, {**rest, **p}, support, adapted[CONTEXT].detach()))(
+                set_part))
+        return loss, direction
 
     return {"maml": maml, "metasgd": metasgd, "fomaml": fomaml, "reptile": reptile}[cfg.algorithm]
 
@@ -136,8 +180,11 @@ def _adapt_autograd(
 ) -> Params:
     fast = dict(fast)
     for s in range(cfg.inner_steps):
-        loss = per_pixel_loss(model, fast, x, eps[s, : x.shape[0]])
-        gs = torch.autograd.grad(loss, [fast[k] for k in cfg.keys], create_graph=create_graph)
+        # fresh graph nodes for the adapted entries: the inner gradient is the partial derivative
+        # (the context, computed from the encoder's weights, is an input of its own, as in torch.func)
+        inputs = {k: (v.view_as(v) if k in cfg.keys else v) for k, v in fast.items()}
+        loss = per_pixel_loss(model, inputs, x, eps[s, : x.shape[0]])
+        gs = torch.autograd.grad(loss, [inputs[k] for k in cfg.keys], create_graph=create_graph)
         for k, g in zip(cfg.keys, gs, strict=True):
             fast[k] = fast[k] - _lr(lrs, k) * g
     return fast
@@ -154,23 +201,34 @@ def meta_gradients_loop(
         lr: LR = lr_leaves if lr_leaves is not None else cfg.inner_lr
         support, query = batch.support[t], batch.query[t]
         eps_in, eps_q = batch.eps_inner[t], batch.eps_query[t]
+        start = with_context(model, leaves, support)
         if cfg.algorithm in ("maml", "metasgd"):
-            fast = _adapt_autograd(model, leaves, support, eps_in, cfg, lr, create_graph=True)
+            fast = _adapt_autograd(model, start, support, eps_in, cfg, lr, create_graph=True)
             loss = per_pixel_loss(model, fast, query, eps_q)
             wrt = list(leaves.items()) + ([(f"lr::{k}", v) for k, v in lr_leaves.items()] if lr_leaves else [])
             gs = torch.autograd.grad(loss, [v for _, v in wrt], allow_unused=True)
             task = {k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(wrt, gs, strict=True)}
         elif cfg.algorithm == "fomaml":
-            fast = _adapt_autograd(model, leaves, support, eps_in, cfg, lr, create_graph=False)
-            fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
-            loss = per_pixel_loss(model, fast, query, eps_q)
-            task = dict(zip(fast, torch.autograd.grad(loss, list(fast.values())), strict=True))
+            detached = {k: v.detach().requires_grad_(True) for k, v in start.items()}
+            fast = _adapt_autograd(model, detached, support, eps_in, cfg, lr, create_graph=False)
+            moved = {k: start[k] + (fast[k] - start[k]).detach() for k in start}
+            loss = per_pixel_loss(model, moved, query, eps_q)
+            names = list(leaves)
+            task = dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True),
+                            strict=True))
+            task = {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in task.items()}
         else:  # reptile
             data = torch.cat([support, query])
-            fast = _adapt_autograd(model, leaves, data, eps_in, cfg, lr, create_graph=False)
+            fast = _adapt_autograd(model, start, data, eps_in, cfg, lr, create_graph=False)
             with torch.no_grad():
                 loss = per_pixel_loss(model, fast, query, eps_q)
                 task = {k: leaves[k] - fast[k] for k in leaves}
+            if model.conditional:
+                set_keys = [k for k in leaves if k.startswith(SET_ENCODER)]
+                pull = _context_pull(model, {k: leaves[k] for k in set_keys} | {k: v.detach() for k, v in leaves.items()
+                                                                                 if k not in set_keys},
+                                     support, fast[CONTEXT].detach())
+                task.update(zip(set_keys, torch.autograd.grad(pull, [leaves[k] for k in set_keys]), strict=True))
         losses.append(loss.detach())
         for k, g in task.items():
             total[k] = total.get(k, 0) + g.detach()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.models.vae import ConvVAE, Params, VAEConfig, build_vae, param_dict, per_pixel_loss
 
@@ -24,10 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class FewShotGenerator(Protocol):
+    """Adapts to K images of a class; ``model`` + the returned parameters generate and score it."""
+
     name: str
     model: ConvVAE
+    steps: int
+    lr: float | None
 
-    def adapt(self, support: Tensor, steps: int, lr: float | None, generator: torch.Generator) -> Params: ...
+    def adapt(self, support: Tensor, generator: torch.Generator) -> Params: ...
 
 
 def finetune(
@@ -49,15 +54,26 @@ def finetune(
 
 @dataclass
 class MetaGenerator:
+    """The meta-learned VAE, adapted by the one adaptation rule it is registered with."""
+
     learner: MetaLearner
+    rule: AdaptationRule
     name: str = "meta"
 
     @property
     def model(self) -> ConvVAE:
         return self.learner.model
 
-    def adapt(self, support: Tensor, steps: int, lr: float | None, generator: torch.Generator) -> Params:
-        return self.learner.adapt(support, steps, lr, generator)
+    @property
+    def steps(self) -> int:
+        return self.rule.steps
+
+    @property
+    def lr(self) -> float | None:
+        return None if self.rule.learned_lrs else self.rule.inner_lr
+
+    def adapt(self, support: Tensor, generator: torch.Generator) -> Params:
+        return self.rule.adapt(self.model, self.learner.params(), self.learner.inner_lrs(), support, generator)
 
 
 @dataclass
@@ -67,15 +83,16 @@ class FinetuneGenerator:
     name: str
     model: ConvVAE
     start: Params | None  # None: a fresh initialisation per adaptation (the scratch baseline)
-    init_seed: int = 0
+    steps: int
+    lr: float | None = None
 
-    def adapt(self, support: Tensor, steps: int, lr: float | None, generator: torch.Generator) -> Params:
+    def adapt(self, support: Tensor, generator: torch.Generator) -> Params:
         if self.start is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             start = param_dict(build_vae(self.model.cfg, seed))
         else:
             start = self.start
-        return finetune(self.model, start, support, steps, lr or 0.0, generator)
+        return finetune(self.model, start, support, self.steps, self.lr or 0.0, generator)
 
 
 def pretrain_vae(

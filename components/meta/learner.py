@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from components.meta.algorithms import AlgoConfig, adapt, meta_gradients
+from components.meta.algorithms import AlgoConfig, key_shape, meta_gradients
 from components.meta.tasks import TaskBatch
 from components.models.vae import ConvVAE, Params, param_dict
 from components.params import MetaParams
@@ -21,12 +21,11 @@ class MetaLearner:
         self.model = model
         self.meta = meta
         self.algo = AlgoConfig.from_params(meta, model)
-        named = dict(model.named_parameters())
         self.lrs: nn.ParameterDict | None = None
         if meta.algorithm == "metasgd":
-            self.lrs = nn.ParameterDict(
-                {k.replace(".", "__"): nn.Parameter(torch.full_like(named[k], meta.inner_lr)) for k in self.algo.keys}
-            )
+            self.lrs = nn.ParameterDict({
+                k.replace(".", "__"): nn.Parameter(torch.full(key_shape(model, k), meta.inner_lr)) for k in self.algo.keys
+            })
         self.optimizer = torch.optim.Adam(self.parameters(), lr=meta.outer_lr)
 
     # --- meta-parameters ----------------------------------------------------------------
@@ -84,14 +83,6 @@ class MetaLearner:
             offset += n
         norm = self.apply_gradients(out)
         return {"train_loss": float(loss), "grad_norm": norm}
-
-    # --- adaptation for evaluation ----------------------------------------------------------
-    def adapt(self, support: Tensor, steps: int, inner_lr: float | None, generator: torch.Generator) -> Params:
-        """Adapt a copy of the meta-parameters on ``support`` (no graph kept)."""
-        lr = self.inner_lrs() if (inner_lr is None and self.lrs is not None) else (inner_lr or self.meta.inner_lr)
-        eps = torch.randn(max(steps, 1), support.shape[0], self.model.cfg.latent_dim, generator=generator)
-        fast = adapt(self.model, self.params(), support, steps, lr, eps.to(support), self.algo.keys)
-        return {k: v.detach() for k, v in fast.items()}
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

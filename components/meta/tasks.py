@@ -1,5 +1,8 @@
 """Few-shot tasks: one class, K support and Q query images, drawn from a split held in memory.
 
+With ``rotate_classes`` each task's class is rotated by a random multiple of 90 degrees, the
+usual Omniglot augmentation that multiplies the training classes by four.
+
 A meta-batch is a pure function of ``(seed, step)``: the same seed gives the same tasks, and a
 Ray worker can take its share (``rank::world``) of exactly the batch one worker would draw.
 """
@@ -44,7 +47,8 @@ class TaskBatch:
 
 
 class TaskSampler:
-    def __init__(self, split: Split, k_shot: int, k_query: int, latent_dim: int, inner_steps: int, seed: int) -> None:
+    def __init__(self, split: Split, k_shot: int, k_query: int, latent_dim: int, inner_steps: int, seed: int,
+                 rotate_classes: bool = False) -> None:
         self.per_class = [torch.from_numpy(np.ascontiguousarray(a)) for a in split.by_class()]
         too_small = [split.classes[i] for i, a in enumerate(self.per_class) if len(a) < k_shot + k_query]
         if too_small:
@@ -54,6 +58,7 @@ class TaskSampler:
         self.classes = split.classes
         self.k_shot, self.k_query = k_shot, k_query
         self.latent_dim, self.inner_steps, self.seed = latent_dim, inner_steps, seed
+        self.rotate_classes = rotate_classes
 
     def sample(self, step: int, batch_size: int) -> TaskBatch:
         rng = np.random.default_rng([self.seed, step])
@@ -63,8 +68,11 @@ class TaskSampler:
         for c in classes:
             imgs = self.per_class[int(c)]
             idx = torch.from_numpy(rng.permutation(len(imgs))[: self.k_shot + self.k_query])
-            sup.append(imgs[idx[: self.k_shot]])
-            qry.append(imgs[idx[self.k_shot :]])
+            chosen = imgs[idx]
+            if self.rotate_classes:  # a class rotated by 90, 180 or 270 degrees is a new class (x4 classes)
+                chosen = torch.rot90(chosen, int(rng.integers(0, 4)), dims=(2, 3))
+            sup.append(chosen[: self.k_shot])
+            qry.append(chosen[self.k_shot :])
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         eps_inner = torch.randn(
             batch_size, max(self.inner_steps, 1), self.k_shot + self.k_query, self.latent_dim, generator=gen

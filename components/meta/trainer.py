@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import torch
 from components.data.prepare import Split, load_split
 from components.errors import CheckpointError
 from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner, Reducer
 from components.meta.tasks import TaskBatch, TaskSampler
 from components.models.vae import VAEConfig, build_vae, per_pixel_loss
@@ -32,7 +33,7 @@ def build_learner(meta: MetaParams, cfg: VAEConfig, seed: int) -> MetaLearner:
 
 def make_sampler(params: Params, split: Split, seed: int) -> TaskSampler:
     return TaskSampler(split, params.meta.k_shot, params.meta.k_query, params.model.latent_dim,
-                       params.meta.inner_steps, seed)
+                       params.meta.inner_steps, seed, rotate_classes=params.meta.rotate_classes)
 
 
 def train_step(learner: MetaLearner, batch: TaskBatch, rank: int = 0, world: int = 1,
@@ -47,16 +48,27 @@ def _nats(learner: MetaLearner, p: dict, x: torch.Tensor, eps: torch.Tensor) -> 
     return float(per_pixel_loss(learner.model, p, x, eps)) * learner.model.num_pixels
 
 
-def validate(learner: MetaLearner, sampler: TaskSampler, n_tasks: int, steps: int, seed: int) -> dict[str, float]:
-    """Query negative ELBO (nats/image) after adapting on each task's support, and before."""
+def training_rule(meta: MetaParams) -> AdaptationRule:
+    """The inner loop as meta-training runs it (validation adapts exactly so)."""
+    scope = "all" if meta.algorithm == "reptile" else meta.adapt_scope
+    return AdaptationRule(steps=meta.inner_steps, inner_lr=meta.inner_lr, scope=scope,
+                          learned_lrs=meta.algorithm == "metasgd", sampling="prior", temperature=1.0)
+
+
+def validate(learner: MetaLearner, sampler: TaskSampler, n_tasks: int, seed: int) -> dict[str, float]:
+    """Query negative ELBO (nats/image) after adapting on each task's support, and before
+    (before: the set encoder's context without gradient steps, for a set-conditioned VAE)."""
     batch = sampler.sample(step=0, batch_size=n_tasks)
     gen = torch.Generator().manual_seed(seed)
+    rule = training_rule(learner.meta)
+    unadapted = replace(rule, steps=0)
     adapted, before = [], []
-    base = learner.params()
+    base, lrs = learner.params(), learner.inner_lrs()
     for t in range(len(batch)):
-        fast = learner.adapt(batch.support[t], steps, None, gen)
+        fast = rule.adapt(learner.model, base, lrs, batch.support[t], gen)
+        start = unadapted.adapt(learner.model, base, lrs, batch.support[t], gen)
         adapted.append(_nats(learner, fast, batch.query[t], batch.eps_query[t]))
-        before.append(_nats(learner, base, batch.query[t], batch.eps_query[t]))
+        before.append(_nats(learner, start, batch.query[t], batch.eps_query[t]))
     return {"val_loss": sum(adapted) / len(adapted), "val_loss_unadapted": sum(before) / len(before)}
 
 
@@ -163,8 +175,7 @@ def train_local(
             state.step += 1
             record: dict[str, float] = {"step": state.step, **metrics}
             if state.step % params.train.val_every == 0 or state.step == params.train.steps:
-                record.update(validate(learner, val_sampler, params.train.val_tasks, params.meta.inner_steps,
-                                       params.train.seed))
+                record.update(validate(learner, val_sampler, params.train.val_tasks, params.train.seed))
             if state.step % params.train.report_every == 0 or "val_loss" in record:
                 state.history.append(record)
                 if on_metrics is not None:

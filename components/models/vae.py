@@ -4,6 +4,13 @@
 ``torch.func.functional_call(model, params, (x, eps))`` is the loss as a function of a parameter
 dict: MAML differentiates through it. GroupNorm (never BatchNorm) keeps that path exact: there are
 no running statistics shared across tasks.
+
+With ``context_dim > 0`` the VAE is *set-conditioned* (Neural Statistician / Variational
+Homoencoder): a permutation-invariant set encoder reads the K support images of a class and gives a
+class context ``c``; the prior ``p(z|c)``, the encoder ``q(z|x,c)`` and the decoder ``p(x|z,c)``
+(through FiLM, a per-channel scale and shift of every decoder block) are conditioned on it. The
+context travels in the parameter dict under the key :data:`CONTEXT`, so the inner loop of MAML,
+Reptile or Meta-SGD can adapt it like any parameter (CAVIA), starting from the set encoder's output.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from torch.func import functional_call
 from components.params import ModelParams
 
 Params = dict[str, Tensor]
+CONTEXT = "context"  # the task-specific entry of a parameter dict (not a network weight)
 
 
 @dataclass(frozen=True)
@@ -29,10 +37,12 @@ class VAEConfig:
     width: int
     likelihood: str
     groupnorm_groups: int
+    context_dim: int = 0  # 0: the unconditional VAE (the baselines' architecture)
 
     @classmethod
     def from_params(cls, model: ModelParams, channels: int, image_size: int) -> VAEConfig:
-        return cls(channels, image_size, model.latent_dim, model.width, model.likelihood, model.groupnorm_groups)
+        return cls(channels, image_size, model.latent_dim, model.width, model.likelihood, model.groupnorm_groups,
+                   model.context_dim)
 
 
 def _norm(groups: int, ch: int) -> nn.Module:
@@ -58,15 +68,27 @@ class ConvVAE(nn.Module):
             c_in = c
         self.encoder = nn.Sequential(*enc, nn.Flatten())
         feat = chans[-1] * self.base * self.base
-        self.enc_head = nn.Linear(feat, 2 * cfg.latent_dim)
-        self.dec_in = nn.Linear(cfg.latent_dim, feat)
+        ctx = cfg.context_dim
+        self.enc_head = nn.Linear(feat + ctx, 2 * cfg.latent_dim)
+        self.dec_in = nn.Linear(cfg.latent_dim + ctx, feat)
         dec: list[nn.Module] = []
         rev = list(reversed(chans))
+        self._film_channels: list[int] = []
         for i, c in enumerate(rev):
             c_out = rev[i + 1] if i + 1 < len(rev) else cfg.width
             dec += [_norm(cfg.groupnorm_groups, c), nn.SiLU(), nn.ConvTranspose2d(c, c_out, 4, 2, 1)]
+            self._film_channels.append(c)
         dec += [nn.SiLU(), nn.Conv2d(cfg.width, cfg.channels, 3, 1, 1)]
         self.decoder = nn.Sequential(*dec)
+        if ctx:
+            hidden = 2 * feat if feat < 256 else 256
+            self.set_embed = nn.Linear(feat, hidden)          # per support image, then mean-pooled
+            self.set_head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, ctx))
+            self.prior_head = nn.Linear(ctx, 2 * cfg.latent_dim)
+            self.film = nn.Linear(ctx, 2 * sum(self._film_channels))
+            for layer in (self.prior_head, self.film):  # start as the unconditional VAE: N(0, I), identity FiLM
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         if cfg.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.full((cfg.channels,), -2.0))
 
@@ -74,16 +96,52 @@ class ConvVAE(nn.Module):
     def num_pixels(self) -> int:
         return self.cfg.channels * self.cfg.image_size * self.cfg.image_size
 
+    @property
+    def conditional(self) -> bool:
+        return self.cfg.context_dim > 0
+
     # --- pieces --------------------------------------------------------------------------
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.enc_head(self.encoder(x))
+    def _with_context(self, h: Tensor, context: Tensor | None) -> Tensor:
+        if not self.conditional:
+            return h
+        if context is None:
+            raise ValueError("a set-conditioned VAE needs a class context (the set encoder's output)")
+        return torch.cat([h, context.expand(h.shape[0], -1)], dim=-1)
+
+    def set_context(self, support: Tensor) -> Tensor:
+        """Permutation-invariant class context from the K support images: mean of embeddings."""
+        pooled = self.set_embed(self.encoder(support)).mean(0)
+        return self.set_head(pooled)
+
+    def prior(self, context: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of p(z | c) (standard normal for the unconditional VAE)."""
+        latent = self.cfg.latent_dim
+        if not self.conditional:
+            zeros = torch.zeros(n, latent, dtype=self.dec_in.weight.dtype, device=self.dec_in.weight.device)
+            return zeros, zeros
+        mu, logvar = self.prior_head(context).chunk(2, dim=-1)
+        return mu.expand(n, -1), logvar.clamp(-10.0, 6.0).expand(n, -1)
+
+    def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = self.enc_head(self._with_context(self.encoder(x), context))
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar.clamp(-10.0, 6.0)
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Decoder output: Bernoulli logits or Gaussian pre-sigmoid means."""
-        h = self.dec_in(z).view(z.shape[0], -1, self.base, self.base)
-        return self.decoder(h)
+        h = self.dec_in(self._with_context(z, context)).view(z.shape[0], -1, self.base, self.base)
+        if not self.conditional:
+            return self.decoder(h)
+        film = self.film(context)
+        offset, block = 0, 0
+        for layer in self.decoder:
+            h = layer(h)
+            if isinstance(layer, (nn.GroupNorm, nn.Identity)) and block < len(self._film_channels):
+                c = self._film_channels[block]
+                scale, shift = film[offset : offset + c], film[offset + c : offset + 2 * c]
+                h = h * (1 + scale.view(1, -1, 1, 1)) + shift.view(1, -1, 1, 1)
+                offset, block = offset + 2 * c, block + 1
+        return h
 
     def mean_image(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out)
@@ -98,22 +156,49 @@ class ConvVAE(nn.Module):
         return ll.flatten(1).sum(-1)
 
     # --- the pure function --------------------------------------------------------------
-    def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo") -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo",
+                context: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Per-image negative ELBO (nats) given the reparameterisation noise ``eps``.
 
-        ``part="encode"`` / ``"decode"`` expose the halves through the same entry point, so that
-        ``functional_call`` can run them with a parameter dict too.
+        ``part`` = ``"encode"`` / ``"decode"`` / ``"set"`` / ``"prior"`` / ``"iwae"`` exposes the
+        pieces through the same entry point, so that ``functional_call`` runs them with a
+        parameter dict too.
         """
         if part == "encode":
-            return self.encode(x)
+            return self.encode(x, context)
         if part == "decode":
-            return self.decode(x)
-        assert eps is not None
-        mu, logvar = self.encode(x)
+            return self.decode(x, context)
+        if part == "set":
+            return self.set_context(x)
+        if part == "prior":
+            return self.prior(context, int(x.shape[0]))
+        if part == "iwae":
+            return self._log_weights(x, eps, context)
+        if eps is None:
+            raise ValueError("the ELBO needs reparameterisation noise eps")
+        mu, logvar = self.encode(x, context)
         z = mu + eps * (0.5 * logvar).exp()
-        out = self.decode(z)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+        out = self.decode(z, context)
+        p_mu, p_logvar = self.prior(context, x.shape[0])
+        kl = 0.5 * (p_logvar - logvar + (logvar.exp() + (mu - p_mu).pow(2)) / p_logvar.exp() - 1.0).sum(-1)
         return kl - self.log_likelihood(out, x)
+
+    def _log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None) -> Tensor:
+        """log p(x, z_s) - log q(z_s | x) for ``eps`` of shape (S, n, latent): (S, n)."""
+        s, n = eps.shape[0], x.shape[0]
+        mu, logvar = self.encode(x, context)
+        std = (0.5 * logvar).exp()
+        z = mu + eps * std                                          # (S, n, latent)
+        out = self.decode(z.reshape(s * n, -1), context)
+        log_px = self.log_likelihood(out, x.repeat(s, 1, 1, 1)).view(s, n)
+        p_mu, p_logvar = self.prior(context, n)
+        log_pz = _log_normal(z, p_mu, p_logvar)
+        log_qz = _log_normal(z, mu, logvar)
+        return log_px + log_pz - log_qz
+
+
+def _log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    return (-0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi))).sum(-1)
 
 
 def build_vae(cfg: VAEConfig, seed: int) -> ConvVAE:
@@ -126,9 +211,22 @@ def param_dict(model: nn.Module) -> Params:
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
+def _call(model: ConvVAE, params: Params, args: tuple, part: str) -> Tensor | tuple[Tensor, Tensor]:
+    weights = {k: v for k, v in params.items() if k != CONTEXT}
+    return functional_call(model, weights, args, {"part": part, "context": params.get(CONTEXT)})
+
+
+def with_context(model: ConvVAE, params: Params, support: Tensor) -> Params:
+    """The starting point of a task's adaptation: the weights plus, for a set-conditioned VAE, the
+    set encoder's context from ``support``."""
+    if not model.conditional:
+        return dict(params)
+    return {**params, CONTEXT: _call(model, params, (support,), "set")}
+
+
 def neg_elbo(model: ConvVAE, params: Params, x: Tensor, eps: Tensor) -> Tensor:
-    """Per-image negative ELBO in nats, as a function of ``params``."""
-    return functional_call(model, params, (x, eps))
+    """Per-image negative ELBO in nats, as a function of ``params`` (and its context, if any)."""
+    return _call(model, params, (x, eps), "elbo")
 
 
 def per_pixel_loss(model: ConvVAE, params: Params, x: Tensor, eps: Tensor) -> Tensor:
@@ -137,17 +235,30 @@ def per_pixel_loss(model: ConvVAE, params: Params, x: Tensor, eps: Tensor) -> Te
 
 
 def encode(model: ConvVAE, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
-    return functional_call(model, params, (x,), {"part": "encode"})
+    return _call(model, params, (x,), "encode")
 
 
 def decode(model: ConvVAE, params: Params, z: Tensor) -> Tensor:
-    return functional_call(model, params, (z,), {"part": "decode"})
+    return _call(model, params, (z,), "decode")
 
 
 @torch.no_grad()
-def reconstruct(model: ConvVAE, params: Params, x: Tensor) -> Tensor:
-    mu, _ = encode(model, params, x)
-    return model.mean_image(decode(model, params, mu))
+def iwae_nll(model: ConvVAE, params: Params, x: Tensor, samples: int, generator: torch.Generator,
+             chunk: int = 2048) -> Tensor:
+    """Importance-weighted estimate of -log p(x) (Burda et al. 2016), nats per image: (n,).
+
+    An upper bound on the true NLL that tightens as ``samples`` grows; ``samples = 1`` is the
+    negative ELBO.
+    """
+    latent = model.cfg.latent_dim
+    out = []
+    per = max(1, chunk // max(samples, 1))
+    for i in range(0, len(x), per):
+        xb = x[i : i + per]
+        eps = torch.randn(samples, len(xb), latent, generator=generator).to(xb)
+        log_w = _call(model, params, (xb, eps), "iwae")
+        out.append(math.log(samples) - torch.logsumexp(log_w, dim=0))
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -162,13 +273,15 @@ def sample(
 ) -> Tensor:
     """``n`` images (mean of p(x|z)) with z from the prior or from the supports' posteriors.
 
-    ``support`` mode: z from the equal mixture of q(z|x_k) over the K support images, scaled by
-    ``temperature`` around each component's mean.
+    ``prior``: z ~ p(z) (the class prior p(z|c) of a set-conditioned VAE), scaled by
+    ``temperature``. ``support``: z from the equal mixture of q(z|x_k) over the K support images,
+    scaled by ``temperature`` around each component's mean.
     """
     latent = model.cfg.latent_dim
     noise = torch.randn(n, latent, generator=generator)
     if mode == "prior":
-        z = noise * temperature
+        p_mu, p_logvar = _call(model, params, (noise,), "prior")
+        z = p_mu + temperature * noise * (0.5 * p_logvar).exp()
     elif mode == "support":
         if support is None or len(support) == 0:
             raise ValueError("support sampling needs support images")

@@ -12,7 +12,8 @@ from PIL import Image
 
 from components.data.prepare import prepare
 from components.data.sources import materialize_source
-from components.evaluation.evaluate import evaluate
+from components.evaluation.evaluate import build_domain_features, evaluate
+from components.meta.adaptation import AdaptationRule
 from components.meta.trainer import load_learner, train_local
 from tests.conftest import SHARED_CELEBA, make_params
 
@@ -25,7 +26,7 @@ def test_celeba_rgb_pipeline(tmp_path: Path) -> None:
         "data.min_images_per_class=15", "model.likelihood=gaussian", "model.width=16", "meta.k_query=5",
         "meta.meta_batch_size=2", "train.steps=4", "train.val_every=2", "train.val_tasks=2", "eval.repeats=1",
         "eval.samples_per_class=8", "eval.kid_subset_size=8", "eval.kid_subsets=2", "eval.augment_steps=5",
-        "eval.feature_steps=20", "eval.adapt_steps=1",
+        "eval.feature_steps=20", "eval.adapt_steps=1", "eval.min_extractor_accuracy=0", "eval.nll_samples=4",
     )
     materialize_source(params.data, tmp_path / "raw")
     manifest = prepare(tmp_path / "raw", tmp_path / "prepared", params.data)
@@ -33,8 +34,9 @@ def test_celeba_rgb_pipeline(tmp_path: Path) -> None:
     result = train_local(params, tmp_path / "prepared", tmp_path / "ckpt", progress=False)
     learner = load_learner(result.checkpoint).learner
     assert learner.model.cfg.channels == 3 and learner.model.cfg.likelihood == "gaussian"
-    out = evaluate(learner, params, tmp_path / "prepared", tmp_path / "reports", tmp_path / "features",
-                   tmp_path / "cache", baselines=False)
+    build_domain_features(params, tmp_path / "prepared", tmp_path / "features")
+    out = evaluate(learner, AdaptationRule.from_params(params), params, tmp_path / "prepared", tmp_path / "reports",
+                   tmp_path / "features", tmp_path / "cache", baselines=False)
     rows = json.loads(out.report_path.read_text())["rows"]
     assert all(math.isfinite(r["fid_mean"]) for r in rows)
     with Image.open(tmp_path / "reports" / "grid_meta_support.png") as img:

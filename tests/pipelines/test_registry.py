@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from components.errors import MetagenError
-from components.registry import fid_key, promote
+from components.registry import GateRules, fid_key, promote
 
 pytestmark = [pytest.mark.integration]
 NAME = "gate-test"
@@ -47,6 +47,23 @@ def _never(_v: str) -> float:
     raise AssertionError("re-evaluation was not expected")
 
 
+RULES = GateRules(sampling="prior", fid_threshold=20.0, max_copy_rate=0.1, require_beats_baselines=True)
+
+
+def _row(model: str, sampling: str, fid: float, copy: float) -> dict:
+    return {"model": model, "sampling": sampling, "fid_mean": fid, "copy_rate": copy}
+
+
+def _report(fid: float, copy: float = 0.0, baselines: list[dict] | None = None, protocol: str = "proto") -> dict:
+    """An eval.json as the evaluation writes it, reduced to what the gate reads."""
+    rows = [_row("meta", "prior", fid, copy), _row("meta", "support", fid + 1, copy)]
+    return {"extractor": {"digest": "ext"}, "protocol": {"digest": protocol}, "rows": rows + (baselines or [])}
+
+
+def _gate(version: str, fid: float, reevaluate=_never, **kw) -> object:  # noqa: ANN001
+    return promote(NAME, version, _report(fid, **kw), RULES, reevaluate)
+
+
 def test_threshold_then_better_then_worse(mlflow_srv) -> None:  # noqa: ANN001
     import mlflow
 
@@ -54,19 +71,42 @@ def test_threshold_then_better_then_worse(mlflow_srv) -> None:  # noqa: ANN001
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     v1, v2, v3, v4 = _versions(url, 4)
-    d = promote(NAME, v1, 50.0, 20.0, "ext", "proto", _never)
-    assert d.decision == "rejected" and "> registry.fid_threshold 20" in d.reason
-    d = promote(NAME, v2, 10.0, 20.0, "ext", "proto", _never)
+    d = _gate(v1, 50.0)
+    assert d.decision == "rejected" and "FID 50.0000 > registry.fid_threshold 20 (FAIL)" in d.reason
+    d = _gate(v2, 10.0)
     assert d.decision == "promoted" and "first champion" in d.reason and _champion(url) == v2
-    d = promote(NAME, v3, 12.0, 20.0, "ext", "proto", _never)
-    assert d.decision == "rejected" and "not lower than champion v" + v2 in d.reason
-    d = promote(NAME, v4, 10.0, 20.0, "ext", "proto", _never)  # a tie keeps the champion
+    d = _gate(v3, 12.0)
+    assert d.decision == "rejected" and f"FID 12.0000 >= champion v{v2} 10.0000 (FAIL)" in d.reason
+    d = _gate(v4, 10.0)  # a tie keeps the champion
     assert d.decision == "rejected" and _champion(url) == v2
     from mlflow import MlflowClient
 
     client = MlflowClient(url, url)
-    assert client.get_model_version(NAME, v3).tags["gate.decision"] == "rejected"
-    assert client.get_model_version(NAME, v3).tags["gate.reason"].startswith("FID 12.0000 is not lower")
+    v3_info = client.get_model_version(NAME, v3)
+    assert v3_info.tags["gate.decision"] == "rejected"
+    assert v3_info.tags["gate.failed"] == f"FID 12.0000 >= champion v{v2} 10.0000"
+    assert "rejected" in v3_info.description and "FID 12.0000" in v3_info.description
+
+
+def test_a_copier_and_a_loser_to_a_baseline_are_rejected(mlflow_srv) -> None:  # noqa: ANN001
+    import mlflow
+
+    _, url = mlflow_srv
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    v1, v2, v3 = _versions(url, 3)
+    replay = _row("support_replay", "replay", 0.5, 1.0)
+    baselines = [_row("pretrain", "prior", 9.0, 0.0), _row("pretrain", "support", 6.0, 0.02),
+                 _row("scratch", "support", 1.0, 0.6), replay]
+    d = _gate(v1, 3.0, copy=0.9, baselines=baselines)  # memorises its supports
+    assert d.decision == "rejected" and "copy_rate 0.900 > registry.max_copy_rate 0.1 (FAIL)" in d.reason
+    d = _gate(v2, 7.0, baselines=baselines)  # loses to pretrain's support sampling
+    assert d.decision == "rejected" and "FID 7.0000 >= pretrain (support) 6.0000 (FAIL)" in d.reason
+    assert "scratch excluded: a copier (copy_rate 0.600 > 0.1)" in d.reason
+    assert "support_replay excluded: a copier" in d.reason
+    d = _gate(v3, 5.0, baselines=baselines)
+    assert d.decision == "promoted" and "FID 5.0000 < pretrain (support) 6.0000 (pass)" in d.reason
+    assert _champion(url) == v3
 
 
 def test_champion_under_other_digests_is_reevaluated(mlflow_srv) -> None:  # noqa: ANN001
@@ -77,16 +117,16 @@ def test_champion_under_other_digests_is_reevaluated(mlflow_srv) -> None:  # noq
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     v1, v2 = _versions(url, 2)
-    assert promote(NAME, v1, 5.0, 20.0, "ext", "old-protocol", _never).decision == "promoted"
+    assert _gate(v1, 5.0, protocol="old-protocol").decision == "promoted"
     calls: list[str] = []
 
     def reevaluate(v: str) -> float:
         calls.append(v)
         return 9.0  # v1 on the new protocol
 
-    d = promote(NAME, v2, 8.0, 20.0, "ext", "new-protocol", reevaluate)
+    d = _gate(v2, 8.0, reevaluate, protocol="new-protocol")
     assert calls == [v1]
-    assert d.decision == "promoted" and "v" + v1 + "'s 9.0000" in d.reason
+    assert d.decision == "promoted" and f"< champion v{v1} 9.0000" in d.reason
     client = MlflowClient(url, url)
     assert client.get_model_version(NAME, v1).tags[fid_key("ext", "new-protocol")] == "9.0"
     assert client.get_model_version_by_alias(NAME, "previous").version == v1
@@ -107,7 +147,7 @@ def test_racing_promotions_end_with_the_better_model(mlflow_srv) -> None:  # noq
     def go(v: str, fid: float) -> None:
         try:
             barrier.wait()
-            promote(NAME, v, fid, 20.0, "ext", "proto", _never)
+            _gate(v, fid)
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 

@@ -11,8 +11,9 @@ from PIL import Image
 
 from components.data.prepare import load_split, read_manifest
 from components.errors import MetagenError
-from components.evaluation.evaluate import evaluate, load_extractor
+from components.evaluation.evaluate import build_domain_features, evaluate, load_extractor
 from components.evaluation.protocol import Protocol, evaluate_generator
+from components.meta.adaptation import AdaptationRule
 from components.meta.baselines import FinetuneGenerator, MetaGenerator
 from components.meta.trainer import build_learner, vae_config
 from components.models.vae import ConvVAE, param_dict
@@ -21,7 +22,8 @@ from tests.conftest import make_params
 TINY = [
     "model.width=8", "eval.repeats=2", "eval.samples_per_class=16", "eval.kid_subsets=3", "eval.kid_subset_size=16",
     "eval.augment_steps=10", "eval.baseline_lrs=[0.0, 0.001]", "eval.baseline_steps=2", "eval.scratch_steps=3",
-    "train.pretrain_steps=5", "eval.feature_steps=20", "eval.adapt_steps=2",
+    "train.pretrain_steps=5", "eval.feature_steps=20", "eval.adapt_steps=2", "eval.min_extractor_accuracy=0",
+    "eval.nll_samples=4",
 ]
 
 
@@ -30,7 +32,8 @@ def setup(tmp_path: Path, digits_prepared: Path):  # noqa: ANN201
     params = make_params(*TINY)
     test = load_split(digits_prepared, "test")
     learner = build_learner(params.meta, vae_config(params, test), seed=0)
-    extractor = load_extractor(params, digits_prepared, tmp_path / "features")
+    build_domain_features(params, digits_prepared, tmp_path / "features")
+    extractor, _ = load_extractor(params, tmp_path / "features")
     protocol = Protocol(params.eval, params.meta.k_shot, read_manifest(digits_prepared)["splits"]["test"]["sha256"])
     feats = extractor.features(torch.from_numpy(test.images))
     return params, test, learner, extractor, protocol, feats
@@ -38,10 +41,11 @@ def setup(tmp_path: Path, digits_prepared: Path):  # noqa: ANN201
 
 def test_protocol_is_deterministic(setup) -> None:  # noqa: ANN001
     params, test, learner, extractor, protocol, feats = setup
-    a, _ = evaluate_generator(MetaGenerator(learner), test, feats, extractor, protocol, 2, None)
-    b, _ = evaluate_generator(MetaGenerator(learner), test, feats, extractor, protocol, 2, None)
+    gen = MetaGenerator(learner, AdaptationRule.from_params(params))
+    a, _ = evaluate_generator(gen, test, feats, extractor, protocol)
+    b, _ = evaluate_generator(gen, test, feats, extractor, protocol)
     for ra, rb in zip(a, b, strict=True):
-        for key in ("fid_mean", "kid_mean", "query_nll_mean", "aug_acc_mean"):
+        for key in ("fid_mean", "kid_mean", "nll_mean", "precision", "copy_rate", "aug_acc_mean"):
             assert ra[key] == pytest.approx(rb[key], abs=1e-6), key
     assert {r["sampling"] for r in a} == {"prior", "support"}
 
@@ -58,9 +62,9 @@ def test_nan_generator_is_named(setup) -> None:  # noqa: ANN001
     _, test, learner, extractor, protocol, feats = setup
     broken = ConvVAE(learner.model.cfg)
     start = {k: torch.full_like(v, float("nan")) for k, v in param_dict(broken).items()}
-    gen = FinetuneGenerator("broken-vae", broken, start)
+    gen = FinetuneGenerator("broken-vae", broken, start, steps=0, lr=0.0)
     with pytest.raises(MetagenError, match="broken-vae.*NaN"):
-        evaluate_generator(gen, test, feats, extractor, protocol, 0, 0.0)
+        evaluate_generator(gen, test, feats, extractor, protocol)
 
 
 def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Path) -> None:
@@ -68,16 +72,37 @@ def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Pat
     test = load_split(digits_prepared, "test")
     learner = build_learner(params.meta, vae_config(params, test), seed=0)
     history = [{"step": 5, "train_loss": 0.5, "val_loss": 300.0, "val_loss_unadapted": 310.0}]
-    out = evaluate(learner, params, digits_prepared, tmp_path / "reports", tmp_path / "features", tmp_path / "cache",
+    build_domain_features(params, digits_prepared, tmp_path / "features")
+    out = evaluate(learner, AdaptationRule.from_params(params), params, digits_prepared, tmp_path / "reports",
+                   tmp_path / "features", tmp_path / "cache",
                    history=history)
     report = json.loads(out.report_path.read_text())
     models = {(r["model"], r["sampling"]) for r in report["rows"]}
     assert models == {("meta", "prior"), ("meta", "support"), ("pretrain", "prior"), ("pretrain", "support"),
                       ("scratch", "prior"), ("scratch", "support"), ("support_replay", "replay")}
     assert report["baseline_lr_selection"]["scratch"]["chosen"] in (0.0, 0.001)
+    replay = next(r for r in report["rows"] if r["model"] == "support_replay")
+    assert replay["copy_rate"] == 1.0
+    for row in report["rows"]:
+        assert {"model", "sampling", "fid_mean", "kid_mean", "nll_mean", "precision", "recall", "density", "coverage",
+                "copy_rate", "aug_acc_mean"} <= set(row)
+        assert (row["nll_mean"] is None) == (row["model"] == "support_replay")
+    assert report["extractor"]["heldout_accuracy"] is not None
     assert "| meta | support |" in out.markdown_path.read_text()
     names = {p.name for p in out.pictures}
     assert {"grid_meta_support.png", "grid_pretrain_prior.png", "fid.png", "loss.png"} <= names
     assert len(list((tmp_path / "cache" / "fid-stats").glob("*-test-*.npz"))) == 2  # one per repeat, shared by all models
     with Image.open(tmp_path / "reports" / "grid_meta_support.png") as img:
         assert img.size[0] > 28 * 10
+
+
+def test_a_weak_extractor_stops_the_evaluation(tmp_path: Path, digits_prepared: Path) -> None:
+    params = make_params(*TINY[:-2], "eval.feature_steps=2", "eval.min_extractor_accuracy=0.9")
+    build_domain_features(params, digits_prepared, tmp_path / "features")
+    with pytest.raises(MetagenError, match=r"held-out accuracy 0\.\d+ is below eval.min_extractor_accuracy 0.9.*dvc repro"):
+        load_extractor(params, tmp_path / "features")
+
+
+def test_a_missing_extractor_names_the_dvc_stage(tmp_path: Path) -> None:
+    with pytest.raises(MetagenError, match="dvc repro features"):
+        load_extractor(make_params(), tmp_path / "nothing-here")

@@ -1,0 +1,48 @@
+"""Closed forms of the sample metrics that copying cannot win, and of the IWAE likelihood."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.evaluation.memorisation import copy_rate, prdc
+from components.models.vae import VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict
+
+
+def _cloud(n: int, seed: int, offset: float = 0.0, dim: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, dim)) + offset
+
+
+def test_prdc_of_a_set_against_itself_and_a_far_away_set() -> None:
+    real = _cloud(200, 0)
+    same = prdc(real, real.copy(), k=5)
+    assert same["precision"] == pytest.approx(1.0) and same["recall"] == pytest.approx(1.0)
+    assert same["coverage"] == pytest.approx(1.0)
+    far = prdc(real, _cloud(200, 1, offset=100.0), k=5)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_replaying_the_supports_copies_always_real_images_at_the_percentile() -> None:
+    classes = range(3)
+    supports = [_cloud(5, 10 + c, offset=5.0 * c) for c in classes]
+    real = [_cloud(400, 20 + c, offset=5.0 * c) for c in classes]
+    replay = [np.repeat(s, 20, axis=0) for s in supports]
+    assert copy_rate(replay, supports, real, percentile=5.0) == 1.0
+    fresh_real = [_cloud(400, 30 + c, offset=5.0 * c) for c in classes]  # unseen members of each class
+    rate = copy_rate(fresh_real, supports, real, percentile=5.0)
+    assert 0.02 <= rate <= 0.09, rate
+    assert copy_rate(real, supports, real, percentile=5.0) == pytest.approx(0.05, abs=0.005)
+
+
+def test_iwae_bound_tightens_with_samples_and_one_sample_is_the_elbo() -> None:
+    torch.manual_seed(0)
+    model = build_vae(VAEConfig(1, 28, 4, 8, "bernoulli", 4), seed=0).double()
+    params = param_dict(model)
+    x = (torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64) > 0.7).double()
+    nll = {k: float(iwae_nll(model, params, x, k, torch.Generator().manual_seed(2)).mean()) for k in (1, 10, 100)}
+    eps = torch.randn(400, 64, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    elbo = float(torch.stack([neg_elbo(model, params, x, e) for e in eps]).mean())
+    assert nll[1] == pytest.approx(elbo, rel=2e-3)  # one importance sample: the (negative) ELBO
+    assert nll[100] <= nll[10] <= nll[1]
+    assert nll[1] - nll[100] > 0.05  # not trivially equal
