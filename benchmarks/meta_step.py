@@ -33,7 +33,9 @@ def _setup(algo: str, batch: int):  # noqa: ANN202
     from components.models.vae import VAEConfig, build_vae, param_dict
     from components.params import load_params
 
-    params = load_params(ROOT / "params.yaml", [f"meta.algorithm={algo}", f"meta.meta_batch_size={batch}"])
+    # the whole-network VAE: `higher`'s recipe (the anchor) has no notion of a set encoder's context
+    params = load_params(ROOT / "params.yaml", [f"meta.algorithm={algo}", f"meta.meta_batch_size={batch}",
+                                                "model.context_dim=0", "meta.adapt_scope=all", "meta.inner_lr=0.1"])
     cfg = VAEConfig.from_params(params.model, 1, 28)
     model = build_vae(cfg, 0)
     meta = param_dict(model)

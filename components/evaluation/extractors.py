@@ -78,14 +78,14 @@ def random_affine(x: Tensor, gen: torch.Generator, max_shift: float = 0.08, max_
 
 def train_classifier(
     images: Tensor, labels: Tensor, num_classes: int, steps: int, seed: int, batch_size: int = 64, lr: float = 2e-3,
-    augment: bool = False,
+    augment: bool = False, width: int = 64,
 ) -> DomainCNN:
     """Adam on cross-entropy, seeded, cosine-decayed; shift augmentation, or random affine
     transforms (``augment``), so that a few images per class generalise."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = DomainCNN(images.shape[1], num_classes)
+        net = DomainCNN(images.shape[1], num_classes, width=width)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     net.train()

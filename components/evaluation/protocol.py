@@ -121,7 +121,7 @@ def score_samples(
     out["aug_acc"] = float("nan")
     if score_aug:
         labels = torch.cat([torch.full((len(g),), c, dtype=torch.long) for c, g in enumerate(generated)])
-        clf = train_classifier(fake, labels, len(generated), protocol.eval.augment_steps, seed)
+        clf = train_classifier(fake, labels, len(generated), protocol.eval.augment_steps, seed, width=32)
         out["aug_acc"] = accuracy(clf, torch.from_numpy(split.images[held]), torch.from_numpy(split.labels[held]))
     return out
 
