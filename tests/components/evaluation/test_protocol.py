@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_protocol_digest_depends_on_protocol_not_model(setup) -> None:  # noqa: 
 
 def test_nan_generator_is_named(setup) -> None:  # noqa: ANN001
     _, test, learner, extractor, protocol, feats = setup
-    broken = ConvVAE(learner.model.cfg)
+    broken = ConvVAE(replace(learner.model.cfg, context_dim=0))  # a plain VAE, as the baselines are
     start = {k: torch.full_like(v, float("nan")) for k, v in param_dict(broken).items()}
     gen = FinetuneGenerator("broken-vae", broken, start, steps=0, lr=0.0)
     with pytest.raises(MetagenError, match="broken-vae.*NaN"):

@@ -91,7 +91,8 @@ def test_zero_inner_steps_reptile_leaves_weights() -> None:
 
 
 def test_meta_step_changes_params_and_metasgd_rates() -> None:
-    params = make_params("meta.algorithm=metasgd", "meta.inner_steps=1")
+    params = make_params("meta.algorithm=metasgd", "meta.inner_steps=1", "meta.adapt_scope=all", "model.context_dim=0",
+                         "meta.inner_lr=0.1")
     model = build_vae(VAEConfig(1, 28, 3, 4, "bernoulli", 2), seed=0)
     learner = MetaLearner(model, params.meta)
     lr_before = {k: v.clone() for k, v in learner.inner_lrs().items()}
