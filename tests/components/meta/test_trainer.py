@@ -49,13 +49,16 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_meta_training_makes_adaptation_help_on_held_out_digits(tmp_path: Path, digits_prepared: Path) -> None:
-    params = make_params("train.steps=200", "train.val_every=100", "train.checkpoint_every=100")
+    params = make_params("train.steps=200", "train.val_every=50", "train.checkpoint_every=100")
     result = train_local(params, digits_prepared, tmp_path, progress=False)
     learner = load_learner(result.checkpoint).learner
     test = load_split(digits_prepared, "test")
     sampler = make_sampler(params, test, seed=99)
     scores = validate(learner, sampler, n_tasks=8, seed=7)
-    # adapting on K=5 images of an unseen digit must lower its query negative ELBO clearly
-    assert scores["val_loss"] < scores["val_loss_unadapted"] - 2.0, scores
+    # gradient steps on the set encoder's context of K=5 images of an unseen digit must lower its
+    # query negative ELBO further (that the context itself carries the class: test_set_vae.py)
+    assert scores["val_loss"] < scores["val_loss_unadapted"] - 0.5, scores
+    vals = [h["val_loss"] for h in result.history if "val_loss" in h]
+    assert vals[-1] < vals[0] - 5.0, vals
     first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
     assert last < first
