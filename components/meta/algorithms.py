@@ -6,12 +6,18 @@ takes SGD steps on the keys of ``meta.adapt_scope`` (the context alone is CAVIA)
 uses the inner loop's displacement as a constant (``start + stopgrad(adapted - start)``), so the
 gradient still reaches the set encoder through the starting context.
 
-Two implementations of the same meta-gradient:
+Three implementations of the same meta-gradient:
 
-* ``vectorized``: ``torch.func`` (``grad`` through the inner loop, ``vmap`` over the tasks of a
-  meta-batch), after PyTorch's functorch MAML example;
+* ``batched``: when the inner loop adapts the context alone (CAVIA, the default), every task shares
+  the network's weights, so the tasks of a meta-batch run as one batch: one forward over all tasks'
+  images with a context per image, one ``autograd.grad`` for all contexts (each task's loss depends
+  on its own context only), one backward to the weights. MAML (second order), first-order MAML and
+  Meta-SGD; exact, not an approximation;
+* ``vmap``: ``torch.func`` (``grad`` through the inner loop, ``vmap`` over the tasks of a
+  meta-batch), after PyTorch's functorch MAML example: any scope;
 * ``loop``: a plain per-task ``torch.autograd.grad`` loop (``create_graph`` for second order), the
-  reference the tests compare against and the baseline of ``benchmarks/meta_step.py``.
+  recipe of learn2learn and higher, the reference the tests compare against and the baseline of
+  ``benchmarks/meta_step.py``.
 
 Both return the mean over tasks of each task's outer loss and meta-gradient. For Reptile the
 "gradient" is ``theta - theta'`` (the Reptile direction, fed to the outer optimizer).
@@ -28,10 +34,11 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
 from components.meta.tasks import TaskBatch
-from components.models.vae import CONTEXT, ConvVAE, Params, per_pixel_loss, with_context
+from components.models.vae import CONTEXT, ConvVAE, Params, neg_elbo, per_pixel_loss, set_context, trunk, with_context
 from components.params import MetaParams
 
 Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
+Impl = Literal["batched", "vmap", "loop"]
 LR = float | Mapping[str, Tensor]
 
 
@@ -236,10 +243,71 @@ def meta_gradients_loop(
     return torch.stack(losses).mean(), {k: v / n for k, v in total.items()}
 
 
-def meta_gradients(
-    model: ConvVAE, meta: Params, lrs: Params | None, batch: TaskBatch, cfg: AlgoConfig, vectorize: bool = True
+# --- batched (context adaptation: the tasks share every weight) ---------------------------------
+def batchable(model: ConvVAE, cfg: AlgoConfig) -> bool:
+    """The batched path applies: the inner loop adapts the context alone, by gradient steps."""
+    return model.conditional and cfg.keys == (CONTEXT,) and cfg.algorithm in ("maml", "fomaml", "metasgd")
+
+
+def _task_losses(model: ConvVAE, weights: Params, contexts: Tensor, x: Tensor, features: Tensor, eps: Tensor) -> Tensor:
+    """Per-task per-pixel negative ELBO ``(B,)`` of ``x`` ``(B, n, C, H, W)`` (trunk ``features``
+    ``(B*n, F)``), task b under ``contexts[b]``."""
+    b, n = x.shape[:2]
+    per_image = contexts.repeat_interleave(n, dim=0)
+    nll = neg_elbo(model, {**weights, CONTEXT: per_image}, x.reshape(b * n, *x.shape[2:]), eps.reshape(b * n, -1),
+                   features)
+    return nll.view(b, n).mean(1) / model.num_pixels
+
+
+def meta_gradients_batched(
+    model: ConvVAE, meta: Params, lrs: Params | None, batch: TaskBatch, cfg: AlgoConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
+    if not batchable(model, cfg):
+        raise ValueError("the batched meta-step needs a set-conditioned VAE adapting its context alone "
+                         f"(maml, fomaml or metasgd); got {cfg.algorithm} on {cfg.keys}")
+    leaves = {k: v.detach().requires_grad_(True) for k, v in meta.items()}
+    lr_leaf = lrs[CONTEXT].detach().requires_grad_(True) if lrs is not None else None
+    lr: float | Tensor = lr_leaf if lr_leaf is not None else cfg.inner_lr
+    second_order = cfg.algorithm in ("maml", "metasgd")
+    b, k = batch.support.shape[:2]
+    # the trunk does not see the context: its features of the supports serve the set encoder and
+    # every inner step (the per-task loop recomputes them each time)
+    feats = trunk(model, leaves, batch.support.reshape(b * k, *batch.support.shape[2:]))
+    start = set_context(model, leaves, batch.support, feats)       # (B, d)
+    ctx = start if second_order else start.detach().requires_grad_(True)
+    inner_feats = feats if second_order else feats.detach()
+    for s in range(cfg.inner_steps):
+        # the sum of the tasks' losses: its gradient in task b's context is task b's own gradient
+        inner = _task_losses(model, leaves, ctx, batch.support, inner_feats, batch.eps_inner[:, s, :k]).sum()
+        (g,) = torch.autograd.grad(inner, [ctx], create_graph=second_order)
+        ctx = ctx - lr * g
+    if not second_order:
+        ctx = start + (ctx - start).detach()
+    query_feats = trunk(model, leaves, batch.query.reshape(-1, *batch.query.shape[2:]))
+    losses = _task_losses(model, leaves, ctx, batch.query, query_feats, batch.eps_query)
+    loss = losses.mean()
+    wrt = list(leaves.items()) + ([(f"lr::{CONTEXT}", lr_leaf)] if lr_leaf is not None else [])
+    gs = torch.autograd.grad(loss, [v for _, v in wrt], allow_unused=True)
+    grads = {name: (g if g is not None else torch.zeros_like(v)) for (name, v), g in zip(wrt, gs, strict=True)}
+    return loss.detach(), grads
+
+
+IMPLEMENTATIONS = {"batched": meta_gradients_batched, "vmap": meta_gradients_vectorized, "loop": meta_gradients_loop}
+
+
+def default_impl(model: ConvVAE, cfg: AlgoConfig, vectorize: bool) -> Impl:
+    """Batched when it applies (measured fastest: benchmarks/meta_step.py), else vmap or the loop."""
+    if batchable(model, cfg):
+        return "batched"
+    return "vmap" if vectorize else "loop"
+
+
+def meta_gradients(
+    model: ConvVAE, meta: Params, lrs: Params | None, batch: TaskBatch, cfg: AlgoConfig, vectorize: bool = True,
+    impl: Impl | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean outer loss and meta-gradient; ``impl`` picks the implementation (default: ``vmap`` if
+    ``vectorize`` else ``loop``)."""
     if cfg.algorithm == "metasgd" and lrs is None:
         raise ValueError("Meta-SGD needs per-parameter learning rates")
-    fn = meta_gradients_vectorized if vectorize else meta_gradients_loop
-    return fn(model, meta, lrs, batch, cfg)
+    return IMPLEMENTATIONS[impl or ("vmap" if vectorize else "loop")](model, meta, lrs, batch, cfg)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from components.meta.algorithms import AlgoConfig, key_shape, meta_gradients
+from components.meta.algorithms import AlgoConfig, default_impl, key_shape, meta_gradients
 from components.meta.tasks import TaskBatch
 from components.models.vae import ConvVAE, Params, param_dict
 from components.params import MetaParams
@@ -21,6 +21,7 @@ class MetaLearner:
         self.model = model
         self.meta = meta
         self.algo = AlgoConfig.from_params(meta, model)
+        self.impl = default_impl(model, self.algo, meta.vectorize)
         self.lrs: nn.ParameterDict | None = None
         if meta.algorithm == "metasgd":
             self.lrs = nn.ParameterDict({
@@ -49,7 +50,7 @@ class MetaLearner:
     # --- one meta-step --------------------------------------------------------------------
     def compute_gradients(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean outer loss and meta-gradient over the tasks of ``batch`` (no parameter change)."""
-        return meta_gradients(self.model, self.params(), self.inner_lrs(), batch, self.algo, self.meta.vectorize)
+        return meta_gradients(self.model, self.params(), self.inner_lrs(), batch, self.algo, impl=self.impl)
 
     def apply_gradients(self, grads: dict[str, Tensor]) -> float:
         """Set ``.grad``, clip to ``meta.grad_clip``, take one Adam step; return the pre-clip norm."""

@@ -102,15 +102,22 @@ class ConvVAE(nn.Module):
 
     # --- pieces --------------------------------------------------------------------------
     def _with_context(self, h: Tensor, context: Tensor | None) -> Tensor:
+        """``h`` with the context appended: one context ``(d,)`` for every row, or one per row
+        ``(n, d)`` (the batched meta-step puts several tasks in one batch)."""
         if not self.conditional:
             return h
         if context is None:
             raise ValueError("a set-conditioned VAE needs a class context (the set encoder's output)")
         return torch.cat([h, context.expand(h.shape[0], -1)], dim=-1)
 
-    def set_context(self, support: Tensor) -> Tensor:
-        """Permutation-invariant class context from the K support images: mean of embeddings."""
-        pooled = self.set_embed(self.encoder(support)).mean(0)
+    def set_context(self, support: Tensor, features: Tensor | None = None) -> Tensor:
+        """Permutation-invariant class context from the K support images: mean of embeddings.
+        ``(K, C, H, W)`` gives ``(d,)``; a batch of tasks ``(B, K, C, H, W)`` gives ``(B, d)``.
+        ``features``: the encoder trunk's output for the flattened supports, if already computed."""
+        lead = support.shape[:-4]
+        flat = support.reshape(-1, *support.shape[-3:])
+        emb = self.set_embed(self.encoder(flat) if features is None else features)
+        pooled = emb.view(*lead, -1, emb.shape[-1]).mean(-2)
         return self.set_head(pooled)
 
     def prior(self, context: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
@@ -122,8 +129,10 @@ class ConvVAE(nn.Module):
         mu, logvar = self.prior_head(context).chunk(2, dim=-1)
         return mu.expand(n, -1), logvar.clamp(-10.0, 6.0).expand(n, -1)
 
-    def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = self.enc_head(self._with_context(self.encoder(x), context))
+    def encode(self, x: Tensor, context: Tensor | None = None, features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q(z | x, c); ``features`` = ``self.encoder(x)`` when the caller already has it (the
+        trunk does not depend on the context, so an inner loop on the context computes it once)."""
+        h = self.enc_head(self._with_context(self.encoder(x) if features is None else features, context))
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar.clamp(-10.0, 6.0)
 
@@ -138,8 +147,8 @@ class ConvVAE(nn.Module):
             h = layer(h)
             if isinstance(layer, (nn.GroupNorm, nn.Identity)) and block < len(self._film_channels):
                 c = self._film_channels[block]
-                scale, shift = film[offset : offset + c], film[offset + c : offset + 2 * c]
-                h = h * (1 + scale.view(1, -1, 1, 1)) + shift.view(1, -1, 1, 1)
+                scale, shift = film[..., offset : offset + c], film[..., offset + c : offset + 2 * c]
+                h = h * (1 + scale.reshape(-1, c, 1, 1)) + shift.reshape(-1, c, 1, 1)
                 offset, block = offset + 2 * c, block + 1
         return h
 
@@ -157,26 +166,28 @@ class ConvVAE(nn.Module):
 
     # --- the pure function --------------------------------------------------------------
     def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo",
-                context: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+                context: Tensor | None = None, features: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Per-image negative ELBO (nats) given the reparameterisation noise ``eps``.
 
-        ``part`` = ``"encode"`` / ``"decode"`` / ``"set"`` / ``"prior"`` / ``"iwae"`` exposes the
-        pieces through the same entry point, so that ``functional_call`` runs them with a
-        parameter dict too.
+        ``part`` = ``"encode"`` / ``"decode"`` / ``"set"`` / ``"prior"`` / ``"iwae"`` / ``"trunk"``
+        exposes the pieces through the same entry point, so that ``functional_call`` runs them
+        with a parameter dict too. ``features``: the trunk's output for ``x``, if already computed.
         """
+        if part == "trunk":
+            return self.encoder(x)
         if part == "encode":
-            return self.encode(x, context)
+            return self.encode(x, context, features)
         if part == "decode":
             return self.decode(x, context)
         if part == "set":
-            return self.set_context(x)
+            return self.set_context(x, features)
         if part == "prior":
             return self.prior(context, int(x.shape[0]))
         if part == "iwae":
             return self._log_weights(x, eps, context)
         if eps is None:
             raise ValueError("the ELBO needs reparameterisation noise eps")
-        mu, logvar = self.encode(x, context)
+        mu, logvar = self.encode(x, context, features)
         z = mu + eps * (0.5 * logvar).exp()
         out = self.decode(z, context)
         p_mu, p_logvar = self.prior(context, x.shape[0])
@@ -211,9 +222,20 @@ def param_dict(model: nn.Module) -> Params:
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
-def _call(model: ConvVAE, params: Params, args: tuple, part: str) -> Tensor | tuple[Tensor, Tensor]:
+def _call(model: ConvVAE, params: Params, args: tuple, part: str,
+          features: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     weights = {k: v for k, v in params.items() if k != CONTEXT}
-    return functional_call(model, weights, args, {"part": part, "context": params.get(CONTEXT)})
+    return functional_call(model, weights, args, {"part": part, "context": params.get(CONTEXT), "features": features})
+
+
+def set_context(model: ConvVAE, params: Params, support: Tensor, features: Tensor | None = None) -> Tensor:
+    """The set encoder's context of ``support`` ``(K, ...)``: ``(d,)``; of ``(B, K, ...)``: ``(B, d)``."""
+    return _call(model, params, (support,), "set", features)
+
+
+def trunk(model: ConvVAE, params: Params, x: Tensor) -> Tensor:
+    """The encoder's convolutional trunk (shared by q(z|x,c) and the set encoder; no context)."""
+    return _call(model, params, (x,), "trunk")
 
 
 def with_context(model: ConvVAE, params: Params, support: Tensor) -> Params:
@@ -221,12 +243,13 @@ def with_context(model: ConvVAE, params: Params, support: Tensor) -> Params:
     set encoder's context from ``support``."""
     if not model.conditional:
         return dict(params)
-    return {**params, CONTEXT: _call(model, params, (support,), "set")}
+    return {**params, CONTEXT: set_context(model, params, support)}
 
 
-def neg_elbo(model: ConvVAE, params: Params, x: Tensor, eps: Tensor) -> Tensor:
-    """Per-image negative ELBO in nats, as a function of ``params`` (and its context, if any)."""
-    return _call(model, params, (x, eps), "elbo")
+def neg_elbo(model: ConvVAE, params: Params, x: Tensor, eps: Tensor, features: Tensor | None = None) -> Tensor:
+    """Per-image negative ELBO in nats, as a function of ``params`` (and its context, if any);
+    ``features``: the trunk's output for ``x``, if already computed."""
+    return _call(model, params, (x, eps), "elbo", features)
 
 
 def per_pixel_loss(model: ConvVAE, params: Params, x: Tensor, eps: Tensor) -> Tensor:

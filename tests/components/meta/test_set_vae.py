@@ -60,6 +60,24 @@ def test_context_path_vmap_equals_loop(algo: str, scope: str) -> None:
     assert float(g1["set_head.3.weight"].abs().max()) > 0  # the set encoder is trained by every algorithm
 
 
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd"])
+def test_batched_context_step_equals_loop(algo: str) -> None:
+    """The batched meta-step (all tasks in one batch, a context per task) is the loop's gradient."""
+    model, params = _model()
+    keys = adapt_keys(model, "context")
+    cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
+    lrs = {CONTEXT: torch.linspace(0.1, 0.5, 4, dtype=torch.float64)} if algo == "metasgd" else None
+    b = _batch(b=3)
+    l1, g1 = meta_gradients(model, params, lrs, b, cfg, impl="batched")
+    l2, g2 = meta_gradients(model, params, lrs, b, cfg, impl="loop")
+    assert set(g1) == set(g2)
+    assert abs(float(l1 - l2)) <= 1e-10
+    assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-8
+    assert float(g1["set_head.3.weight"].abs().max()) > 0
+    with pytest.raises(ValueError, match="batched meta-step"):
+        meta_gradients(model, params, None, b, AlgoConfig("maml", 2, 0.3, adapt_keys(model, "film")), impl="batched")
+
+
 def test_second_order_context_maml_matches_finite_differences() -> None:
     model, params = _model()
     cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "context"))
