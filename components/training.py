@@ -119,7 +119,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
     summary = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                "resumed_from": resumed_from, "first_step": steps_done[0] if steps_done else None,
-               "last_step": state.step, "world_size": world}
+               "last_step": state.step, "world_size": world, "device": str(device)}
     _write_worker_summary(Path(config["run_dir"]), summary)
     return summary
 

@@ -58,7 +58,8 @@ def training_rule(meta: MetaParams) -> AdaptationRule:
 def validate(learner: MetaLearner, sampler: TaskSampler, n_tasks: int, seed: int) -> dict[str, float]:
     """Query negative ELBO (nats/image) after adapting on each task's support, and before
     (before: the set encoder's context without gradient steps, for a set-conditioned VAE)."""
-    batch = sampler.sample(step=0, batch_size=n_tasks)
+    device = next(learner.model.parameters()).device
+    batch = sampler.sample(step=0, batch_size=n_tasks).to(device)
     gen = torch.Generator().manual_seed(seed)
     rule = training_rule(learner.meta)
     unadapted = replace(rule, steps=0)

@@ -301,7 +301,8 @@ def sample(
     scaled by ``temperature`` around each component's mean.
     """
     latent = model.cfg.latent_dim
-    noise = torch.randn(n, latent, generator=generator)
+    device = next(iter(params.values())).device
+    noise = torch.randn(n, latent, generator=generator).to(device)
     if mode == "prior":
         p_mu, p_logvar = _call(model, params, (noise,), "prior")
         z = p_mu + temperature * noise * (0.5 * p_logvar).exp()
@@ -309,7 +310,7 @@ def sample(
         if support is None or len(support) == 0:
             raise ValueError("support sampling needs support images")
         mu, logvar = encode(model, params, support)
-        pick = torch.randint(0, len(support), (n,), generator=generator)
+        pick = torch.randint(0, len(support), (n,), generator=generator).to(device)
         z = mu[pick] + temperature * noise * (0.5 * logvar[pick]).exp()
     else:
         raise ValueError(f"sampling mode must be 'prior' or 'support', got {mode!r}")
