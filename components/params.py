@@ -86,7 +86,21 @@ class MetaParams(_Section):
     rotate_classes: bool
 
 
+class Cadence(BaseModel):
+    """What a meta-step ends with (:meth:`TrainParams.due`): a record, a validation, a checkpoint."""
+
+    report: bool
+    validate: bool
+    checkpoint: bool
+
+    @property
+    def any(self) -> bool:
+        return self.report or self.validate or self.checkpoint
+
+
 class TrainParams(_Section):
+    """Training; the cadences are counted in meta-steps and apply alike in-process and on Ray Train."""
+
     seed: int
     steps: int = Field(ge=1)
     val_every: int = Field(ge=1)
@@ -104,6 +118,16 @@ class TrainParams(_Section):
     ray_address: str | None
     storage_path: str
     fail_at_step: int | None
+
+    def due(self, step: int) -> Cadence:
+        """The one cadence rule. After meta-step ``step``: validate every ``val_every`` steps,
+        checkpoint every ``checkpoint_every`` steps, both at the last step; a record (history,
+        MLflow, ``ray.train.report``) every ``report_every`` steps and whenever one of those happens."""
+        last = step == self.steps
+        validate = step % self.val_every == 0 or last
+        checkpoint = step % self.checkpoint_every == 0 or last
+        return Cadence(report=step % self.report_every == 0 or validate or checkpoint, validate=validate,
+                       checkpoint=checkpoint)
 
 
 class SearchDim(_Section):

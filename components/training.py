@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -22,16 +21,18 @@ import torch
 
 from components.data.prepare import load_split
 from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from components.meta.learner import MetaLearner
 from components.meta.trainer import (
+    Shard,
     TrainResult,
     TrainState,
     build_learner,
     checkpoint_payload,
-    make_sampler,
     resume_into,
-    train_step,
+    run_loop,
     vae_config,
 )
+from components.models.vae import VAEConfig
 from components.params import Params, validate_params
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,6 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def _should_report(step: int, params: Params) -> bool:
-    t = params.train
-    return step % t.report_every == 0 or step % t.checkpoint_every == 0 or step == t.steps
 
 
 def _inject_fault(params: Params, step: int, rank: int, world: int, run_dir: Path) -> None:
@@ -62,17 +58,42 @@ def _inject_fault(params: Params, step: int, rank: int, world: int, run_dir: Pat
     os._exit(1)
 
 
+class _RayHooks:
+    """Ray Train worker: fault injection (tests), ``ray.train.report`` with a ``Checkpoint`` (rank 0)."""
+
+    def __init__(self, learner: MetaLearner, params: Params, cfg: VAEConfig, shard: Shard, run_dir: Path) -> None:
+        self.learner, self.params, self.cfg, self.shard, self.run_dir = learner, params, cfg, shard, run_dir
+
+    def before_step(self, step: int) -> None:
+        _inject_fault(self.params, step, self.shard.rank, self.shard.world, self.run_dir)
+
+    def after_step(self, state: TrainState, record: dict[str, float] | None, checkpoint: bool) -> None:
+        import ray.train
+
+        if record is None and not checkpoint:
+            return
+        record = record if record is not None else {"step": float(state.step)}
+        if not (checkpoint and self.shard.rank == 0):
+            ray.train.report(record)
+            return
+        with tempfile.TemporaryDirectory(prefix="metagen-ckpt-") as tmp:
+            save_checkpoint(Path(tmp) / FILENAME, checkpoint_payload(self.learner, self.params, self.cfg, state))
+            ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """The Ray Train worker function; ``config`` holds the params as plain JSON data."""
+    """The Ray Train worker function: params re-validated once from their JSON (the process
+    boundary), then the same loop as in-process (:func:`components.meta.trainer.run_loop`)."""
     import ray.train
     import ray.train.torch
 
     params = validate_params(config["params"], source="train_loop_config")
-    prepared = Path(config["prepared_dir"])
+    prepared, run_dir = Path(config["prepared_dir"]), Path(config["run_dir"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     device = ray.train.torch.get_device() if params.train.use_gpu else torch.device("cpu")
+    shard = Shard(rank, world, _all_reduce_sum if world > 1 else None, device)
 
     train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")
     cfg = vae_config(params, train_split)
@@ -86,41 +107,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         with checkpoint.as_directory() as d:
             state = resume_into(learner, load_checkpoint(Path(d)))
         resumed_from = state.step
-
-    from components.meta.trainer import validate
-
-    sampler = make_sampler(params, train_split, params.train.seed)
-    val_sampler = make_sampler(params, val_split, params.train.seed + 1)
-    reduce = _all_reduce_sum if world > 1 else None
-    steps_done = []
-    started = time.perf_counter()
-    while state.step < params.train.steps:
-        _inject_fault(params, state.step, rank, world, Path(config["run_dir"]))
-        batch = sampler.sample(state.step, params.meta.meta_batch_size).to(device)
-        metrics = train_step(learner, batch, rank, world, reduce)
-        state.step += 1
-        steps_done.append(state.step)
-        if not _should_report(state.step, params):
-            continue
-        record: dict[str, Any] = {"step": state.step, **metrics, "world_size": world,
-                                  "steps_per_s": len(steps_done) / (time.perf_counter() - started)}
-        if rank == 0 and (state.step % params.train.val_every == 0 or state.step == params.train.steps):
-            record.update(validate(learner, val_sampler, params.train.val_tasks, params.train.seed))
-        if rank == 0:
-            state.history.append({k: float(v) for k, v in record.items()})
-        ckpt = None
-        tmp = None
-        if rank == 0 and (state.step % params.train.checkpoint_every == 0 or state.step == params.train.steps):
-            tmp = tempfile.mkdtemp(prefix="metagen-ckpt-")
-            save_checkpoint(Path(tmp) / FILENAME, checkpoint_payload(learner, params, cfg, state))
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(record, checkpoint=ckpt)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("worker rank %d resumed from the step-%d checkpoint", rank, state.step)
+    first = state.step + 1
+    state = run_loop(learner, params, state, train_split, val_split, _RayHooks(learner, params, cfg, shard, run_dir),
+                     shard)
     summary = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-               "resumed_from": resumed_from, "first_step": steps_done[0] if steps_done else None,
+               "resumed_from": resumed_from, "first_step": first if state.step >= first else None,
                "last_step": state.step, "world_size": world, "device": str(device)}
-    _write_worker_summary(Path(config["run_dir"]), summary)
+    _write_worker_summary(run_dir, summary)
     return summary
 
 

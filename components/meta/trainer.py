@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from components.data.prepare import Split, load_split
 from components.errors import CheckpointError
@@ -136,6 +138,77 @@ class TrainResult:
         return vals[-1] if vals else None
 
 
+class LoopHooks(Protocol):
+    """What differs between the in-process trainer and a Ray Train worker."""
+
+    def before_step(self, step: int) -> None:
+        """Called before meta-step ``step + 1`` (Ray: fault injection for tests)."""
+
+    def after_step(self, state: TrainState, record: dict[str, float] | None, checkpoint: bool) -> None:
+        """After a step: ``record`` when one is due (else None), ``checkpoint`` when one is due."""
+
+
+@dataclass
+class Shard:
+    """This worker's place in data-parallel training (one worker in-process)."""
+
+    rank: int = 0
+    world: int = 1
+    reduce: Reducer | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def run_loop(learner: MetaLearner, params: Params, state: TrainState, train: Split, val: Split, hooks: LoopHooks,
+             shard: Shard | None = None, last: int | None = None) -> TrainState:
+    """The one meta-training loop (in-process and every Ray Train worker): draw the step's tasks,
+    take the meta-step on this worker's share, and at the cadence of :meth:`TrainParams.due`
+    record, validate (rank 0) and hand over to the hooks to report and checkpoint."""
+    shard = shard or Shard()
+    t = params.train
+    sampler = make_sampler(params, train, t.seed)
+    val_sampler = make_sampler(params, val, t.seed + 1)
+    last = t.steps if last is None else min(last, t.steps)
+    done, started = 0, time.perf_counter()
+    while state.step < last:
+        hooks.before_step(state.step)
+        batch = sampler.sample(state.step, params.meta.meta_batch_size).to(shard.device)
+        metrics = train_step(learner, batch, shard.rank, shard.world, shard.reduce)
+        state.step += 1
+        done += 1
+        due = t.due(state.step)
+        record: dict[str, float] | None = None
+        if due.report:
+            record = {"step": float(state.step), **metrics, "world_size": float(shard.world),
+                      "steps_per_s": done / (time.perf_counter() - started)}
+            if due.validate and shard.rank == 0:
+                record.update(validate(learner, val_sampler, t.val_tasks, t.seed))
+            if shard.rank == 0:
+                state.history.append(record)
+        hooks.after_step(state, record, due.checkpoint or state.step == last)
+    return state
+
+
+class _LocalHooks:
+    """In-process: a progress bar, MLflow-style callbacks and a checkpoint file."""
+
+    def __init__(self, learner: MetaLearner, params: Params, cfg: VAEConfig, ckpt: Path, bar: Any, task: Any,
+                 on_metrics: Callable[[int, dict[str, float]], None] | None) -> None:
+        self.learner, self.params, self.cfg, self.ckpt = learner, params, cfg, ckpt
+        self.bar, self.task, self.on_metrics = bar, task, on_metrics
+
+    def before_step(self, step: int) -> None:
+        return None
+
+    def after_step(self, state: TrainState, record: dict[str, float] | None, checkpoint: bool) -> None:
+        if record is not None and self.on_metrics is not None:
+            self.on_metrics(state.step, record)
+        if checkpoint:
+            save_checkpoint(self.ckpt, checkpoint_payload(self.learner, self.params, self.cfg, state))
+        info = "" if record is None else f"loss {record['train_loss']:.4f}" + (
+            f" val {record['val_loss']:.1f}" if "val_loss" in record else "")
+        self.bar.update(self.task, completed=state.step, **({"info": info} if info else {}))
+
+
 def train_local(
     params: Params,
     prepared_dir: Path,
@@ -146,8 +219,6 @@ def train_local(
 ) -> TrainResult:
     """Meta-train for ``train.steps`` steps in this process, resuming from ``out_dir`` if it holds
     a checkpoint of the same params. ``stop_after`` ends early (tests of resumption)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
     train_split = load_split(prepared_dir, "train")
@@ -163,26 +234,10 @@ def train_local(
             log.info("resuming from %s at step %d", ckpt, state.step)
         else:
             log.info("ignoring %s: trained with other params", ckpt)
-    sampler = make_sampler(params, train_split, params.train.seed)
-    val_sampler = make_sampler(params, val_split, params.train.seed + 1)
-    last = params.train.steps if stop_after is None else min(stop_after, params.train.steps)
     columns = [TextColumn("meta-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=params.train.steps, completed=state.step, info="")
-        while state.step < last:
-            batch = sampler.sample(state.step, params.meta.meta_batch_size)
-            metrics = train_step(learner, batch)
-            state.step += 1
-            record: dict[str, float] = {"step": state.step, **metrics}
-            if state.step % params.train.val_every == 0 or state.step == params.train.steps:
-                record.update(validate(learner, val_sampler, params.train.val_tasks, params.train.seed))
-            if state.step % params.train.report_every == 0 or "val_loss" in record:
-                state.history.append(record)
-                if on_metrics is not None:
-                    on_metrics(state.step, record)
-            if state.step % params.train.checkpoint_every == 0 or state.step == last:
-                save_checkpoint(ckpt, checkpoint_payload(learner, params, cfg, state))
-            info = f"loss {metrics['train_loss']:.4f}" + (f" val {record['val_loss']:.1f}" if "val_loss" in record else "")
-            bar.update(task, completed=state.step, info=info)
+        hooks = _LocalHooks(learner, params, cfg, ckpt, bar, task, on_metrics)
+        state = run_loop(learner, params, state, train_split, val_split, hooks, last=stop_after)
     return TrainResult(checkpoint=ckpt, step=state.step, history=state.history)

@@ -35,17 +35,27 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def test_two_workers_equal_one_worker_and_in_process(local_ray: None, tmp_path: Path, digits_prepared: Path) -> None:
-    common = [*FAST, "train.steps=4", "train.report_every=2", "train.val_every=4", "train.checkpoint_every=4",
+    """One loop for both paths: the same steps recorded and validated (val_every=3 is not a
+    multiple of report_every=2), the same losses, the same weights."""
+    common = [*FAST, "train.steps=6", "train.report_every=2", "train.val_every=3", "train.checkpoint_every=4",
               f"train.storage_path={tmp_path / 'ray'}"]
     one = train_distributed(make_params(*common, "train.num_workers=1"), digits_prepared, tmp_path / "one")
     two = train_distributed(make_params(*common, "train.num_workers=2"), digits_prepared, tmp_path / "two")
     local = train_local(make_params(*common), digits_prepared, tmp_path / "local", progress=False)
+    assert [h["step"] for h in local.history] == [h["step"] for h in one.history] == [2, 3, 4, 6]
+    assert [h["step"] for h in local.history if "val_loss" in h] == [h["step"] for h in one.history
+                                                                      if "val_loss" in h] == [3, 6]
+    for a, b in zip(local.history, one.history, strict=True):
+        for key in ("train_loss", "val_loss", "val_loss_unadapted"):
+            assert (key in a) == (key in b)
+            if key in a:
+                assert abs(a[key] - b[key]) <= 1e-5, (a["step"], key, a[key], b[key])
     m1 = load_checkpoint(one.checkpoint)["learner"]["model"]
     m2 = load_checkpoint(two.checkpoint)["learner"]["model"]
     m0 = load_checkpoint(local.checkpoint)["learner"]["model"]
     assert _max_diff(m1, m0) <= 1e-6
     assert _max_diff(m1, m2) <= 1e-5
-    assert two.step == 4 and {h["world_size"] for h in two.history} == {2.0}
+    assert two.step == 6 and {h["world_size"] for h in two.history} == {2.0}
 
 
 def test_killed_worker_resumes_from_checkpoint(local_ray: None, tmp_path: Path, digits_prepared: Path) -> None:
