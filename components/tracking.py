@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from components.net import check_health
 from components.params import Params, flatten
 
 log = logging.getLogger(__name__)
+ERROR_TAG = "metagen.error"
 
 
 def tracking_uri(params: Params, root: Path) -> str:
@@ -116,6 +119,37 @@ def finish_run(run_id: str, ok: bool = True) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def fail_run(run_id: str, err: BaseException) -> None:
+    """Mark the run FAILED with the error as a tag; never raise over the error being reported."""
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient()
+        client.set_tag(run_id, ERROR_TAG, f"{type(err).__name__}: {err}"[:4000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception as secondary:  # noqa: BLE001 - the tracking server may be what failed
+        log.warning("could not mark MLflow run %s FAILED (%s); the error was: %s", run_id, secondary, err)
+
+
+@contextmanager
+def tracked_run(params: Params, root: Path, run_name: str, run_id: str | None = None,
+                data_version: dict[str, Any] | None = None, parent_run_id: str | None = None,
+                extra_tags: dict[str, str] | None = None) -> Iterator[str]:
+    """A run's whole lifecycle: created here and FINISHED when the block ends, or FAILED (the error
+    in the ``metagen.error`` tag) when it raises. Given ``run_id`` (a step of a larger run), the
+    block writes to that run and its owner ends it."""
+    if run_id is not None:
+        yield run_id
+        return
+    run_id = start_run(params, root, run_name, data_version, parent_run_id, extra_tags)
+    try:
+        yield run_id
+    except BaseException as err:
+        fail_run(run_id, err)
+        raise
+    finish_run(run_id)
 
 
 def log_training(run_id: str, history: list[dict[str, float]], checkpoint: Path, backend: str) -> None:

@@ -60,8 +60,8 @@ def ingest(
             overrides.append("data.path=null")
     if path is not None:
         overrides.append(f"data.path={Path(path).resolve()}")
-    _preflight(project_dir, params_path, overrides)
-    version = ingest_flow(str(project_dir), str(params_path), overrides, refresh=not pull)
+    params = _preflight(project_dir, params_path, overrides)
+    version = ingest_flow(str(project_dir), str(params_path), overrides, refresh=not pull, params=params)
     if version.get("data_changed"):
         console.print("[yellow]data changed[/]: data.dvc now differs from the committed version")
     console.print(f"data version: raw={str(version['raw_md5'])[:12]} prepared={str(version['prepared_md5'])[:12]}")
@@ -114,8 +114,8 @@ def train(
         return
     from pipelines.train_flow import train as train_flow
 
-    _preflight(project_dir, params_path, set_)
-    out = train_flow(str(project_dir), str(params_path), list(set_ or []))
+    params = _preflight(project_dir, params_path, set_)
+    out = train_flow(str(project_dir), params=params)
     console.print(f"checkpoint: {out['checkpoint']} (step {out['step']}, val -ELBO {out['final_val_loss']}); "
                   f"MLflow run {out['run_id']}")
 
@@ -129,8 +129,8 @@ def tune(
     """Ray Tune over tune.search_space with ASHA; prints the best config and writes the results table."""
     from pipelines.tune_flow import tune as tune_flow
 
-    _preflight(project_dir, params_path, set_)
-    out = tune_flow(str(project_dir), str(params_path), list(set_ or []))
+    params = _preflight(project_dir, params_path, set_)
+    out = tune_flow(str(project_dir), params=params)
     console.print("train with: metagen train " + " ".join(f"--set {k}={v}" for k, v in out["best_config"].items()))
 
 
@@ -145,9 +145,9 @@ def evaluate(
     """Few-shot FID/KID/ELBO/augmentation table: meta-model vs pretrain vs scratch vs support replay."""
     from pipelines.evaluate_flow import evaluate as evaluate_flow
 
-    _preflight(project_dir, params_path, set_)
-    out = evaluate_flow(str(project_dir), str(params_path), list(set_ or []),
-                        checkpoint=str(checkpoint) if checkpoint else None, model_uri=model)
+    params = _preflight(project_dir, params_path, set_)
+    out = evaluate_flow(str(project_dir), checkpoint=str(checkpoint) if checkpoint else None, model_uri=model,
+                        params=params)
     console.print(f"report and pictures: {', '.join(out['files'])}")
 
 
@@ -161,8 +161,8 @@ def promote(
     """Register the checkpoint as a new model version and apply the FID gate (reads reports/eval.json)."""
     from pipelines.promote_flow import promote as promote_flow
 
-    _preflight(project_dir, params_path, set_)
-    promote_flow(str(project_dir), str(params_path), list(set_ or []), checkpoint=str(checkpoint or ""))
+    params = _preflight(project_dir, params_path, set_)
+    promote_flow(str(project_dir), checkpoint=str(checkpoint or ""), params=params)
 
 
 @app.command()
@@ -177,9 +177,9 @@ def run(
 
     from pipelines.retrain_flow import retrain
 
-    _preflight(project_dir, params_path, set_)
+    params = _preflight(project_dir, params_path, set_)
     start = time.perf_counter()
-    out = retrain(str(project_dir), str(params_path), list(set_ or []), local=local)
+    out = retrain(str(project_dir), str(params_path), list(set_ or []), local=local, params=params)
     d = out["decision"]
     console.rule("metagen retrain")
     data = out["data"]

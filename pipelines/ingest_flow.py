@@ -3,59 +3,49 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from pipelines.common import load
+from components.data.dvc_ops import dvc_push
+from components.data.ingest import ensure_data, ingest as run_ingest, source_fingerprint
+from components.data.lineage import data_version, raw_md5
+from components.params import Params, flatten
+from pipelines.common import resolve
 
 
-@task(name="ingest-data", cache_policy=(INPUTS - "params_json") + TASK_SOURCE,
-      cache_expiration=timedelta(days=30))
-def ingest_data(root: str, params_json: dict[str, Any], data_section: dict[str, Any], fingerprint: str,
-                raw_md5: str | None, prepared_md5: str | None, prepared_present: bool) -> dict[str, Any]:
+@task(name="ingest-data", cache_policy=(INPUTS - "params") + TASK_SOURCE, cache_expiration=timedelta(days=30))
+def ingest_data(root: str, params: Params, data_section: dict[str, Any], fingerprint: str,
+                raw: str | None, prepared_md5: str | None, prepared_present: bool) -> dict[str, Any]:
     """Cached on the source fingerprint, the data params and the committed DVC md5s."""
-    from pathlib import Path
-
-    from components.data.ingest import ensure_data
-    from components.params import validate_params
-
-    result = ensure_data(Path(root), validate_params(params_json))
+    result = ensure_data(Path(root), params)
     return {**result.version.__dict__, "data_changed": result.data_changed}
 
 
 @task(name="refresh-data")
-def refresh_data(root: str, params_json: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+def refresh_data(root: str, params: Params, updates: dict[str, Any]) -> dict[str, Any]:
     """Re-read the source into data/, `dvc add`, `dvc repro prepare`, `dvc push`; data.* overrides
     are written to params.yaml so that DVC's stage sees them."""
-    from pathlib import Path
-
-    from components.data.dvc_ops import dvc_push
-    from components.data.ingest import ingest as run_ingest
-    from components.params import validate_params
-
-    result = run_ingest(Path(root), validate_params(params_json), param_updates=updates or None)
+    result = run_ingest(Path(root), params, param_updates=updates or None)
     dvc_push(Path(root))
     return {**result.version.__dict__, "data_changed": result.data_changed}
 
 
 @flow(name="ingest", log_prints=True)
 def ingest(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
-           refresh: bool = False) -> dict[str, Any]:
-    """``refresh``: re-read the source now; else pull from the DVC remote or rebuild (cached)."""
-    from components.data.ingest import source_fingerprint
-    from components.data.lineage import data_version, raw_md5
-    from components.params import flatten
-
-    base, params = load(root, params_path, overrides)
+           refresh: bool = False, params: Params | None = None) -> dict[str, Any]:
+    """``refresh``: re-read the source now; else pull from the DVC remote or rebuild (cached).
+    ``overrides`` name the data.* keys that a refresh writes to params.yaml."""
+    base, params = resolve(root, params_path, overrides, params)
     if refresh:
         flat = flatten(params)
         keys = [o.split("=", 1)[0].strip() for o in overrides or []]
         updates = {k: flat[k] for k in keys if k.startswith("data.") and k in flat}
-        return refresh_data(str(base), params.model_dump(mode="json"), updates)
+        return refresh_data(str(base), params, updates)
     current = data_version(base, params.data.prepared_dir)
     return ingest_data(
-        str(base), params.model_dump(mode="json"), params.data.model_dump(mode="json"), source_fingerprint(params),
+        str(base), params, params.data.model_dump(mode="json"), source_fingerprint(params),
         raw_md5(base), current.prepared_md5, (base / params.data.prepared_dir / "manifest.json").is_file(),
     )

@@ -6,7 +6,9 @@ from typing import Any
 
 from prefect import flow
 
-from pipelines.common import load
+from components.params import Params, with_updates
+from components.tracking import lineage_tags, tracked_run, tracking_uri
+from pipelines.common import resolve
 from pipelines.evaluate_flow import evaluate
 from pipelines.ingest_flow import ingest
 from pipelines.promote_flow import promote
@@ -16,25 +18,19 @@ from pipelines.tune_flow import tune
 
 @flow(name="retrain", log_prints=True)
 def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
-            local: bool = False) -> dict[str, Any]:
-    from components.tracking import finish_run, lineage_tags, start_run, tracking_uri
-
-    overrides = list(overrides or [])
-    base, params = load(root, params_path, overrides)
-    data = ingest(str(base), params_path, overrides)
-    run_id = start_run(params, base, "retrain", data_version=data, extra_tags={"metagen.kind": "retrain"})
-    ok = False
-    try:
+            local: bool = False, params: Params | None = None) -> dict[str, Any]:
+    base, params = resolve(root, params_path, overrides, params)
+    root = str(base)
+    data = ingest(root, params_path, overrides, params=params)
+    with tracked_run(params, base, "retrain", data_version=data, extra_tags={"metagen.kind": "retrain"}) as run_id:
+        trained_with = params
         if params.tune.enabled:
-            best = tune(str(base), params_path, overrides, run_id=run_id)
-            overrides += [f"{k}={v}" for k, v in best["best_config"].items()]
-        trained = train(str(base), params_path, overrides, local=local, run_id=run_id)
-        evaluated = evaluate(str(base), params_path, overrides, checkpoint=trained["checkpoint"], run_id=run_id)
-        decision = promote(str(base), params_path, overrides, run_id=run_id, checkpoint=trained["checkpoint"],
-                           report=evaluated["report"], tags=lineage_tags(params, data))
-        ok = True
-    finally:
-        finish_run(run_id, ok)
+            best = tune(root, run_id=run_id, params=params)
+            trained_with = with_updates(params, best["best_config"])
+        trained = train(root, local=local, run_id=run_id, params=trained_with)
+        evaluated = evaluate(root, checkpoint=trained["checkpoint"], run_id=run_id, params=trained_with)
+        decision = promote(root, run_id=run_id, checkpoint=trained["checkpoint"], report=evaluated["report"],
+                           tags=lineage_tags(trained_with, data), params=trained_with)
     return {"run_id": run_id, "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
             "report": evaluated["report"], "markdown": evaluated["markdown"], "files": evaluated["files"],
             "tracking_uri": tracking_uri(params, base), "model_name": params.registry.model_name}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from components.errors import MetagenError
 from tests.fixtures import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -83,3 +84,23 @@ def test_generate_without_champion_is_a_clear_error(mlflow_srv, project: Path, t
                          capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert "nothing has been promoted to champion yet" in res.stdout
+
+
+def test_failed_step_marks_the_run_failed(prefect_api: str, mlflow_srv, project: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """A step that fails inside `retrain` (evaluation without its Inception weights): the run ends
+    FAILED with the error as a tag, and no run of the experiment is left RUNNING."""
+    from mlflow import MlflowClient
+
+    from pipelines.retrain_flow import retrain
+
+    client = MlflowClient(mlflow_srv[1])
+    missing = tmp_path / "no-inception.pth"
+    with pytest.raises(MetagenError, match="no-inception.pth"):
+        retrain(str(project), "params.yaml", [*TINY, "eval.extractor=inception", f"eval.inception_weights={missing}"],
+                local=True)
+    experiment = client.get_experiment_by_name("metagen").experiment_id
+    (failed,) = client.search_runs([experiment], "tags.`metagen.kind` = 'retrain'", order_by=["attributes.start_time DESC"],
+                                   max_results=1)
+    assert failed.info.status == "FAILED"
+    assert "no-inception.pth" in failed.data.tags["metagen.error"]
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
