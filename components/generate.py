@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.utils import make_grid, save_image
 
 from components.atomic import atomic_file
 from components.data.images import is_image_file, load_image
@@ -38,8 +39,6 @@ def load_pyfunc(model_uri: str):  # noqa: ANN201
 
 
 def generate_grid(model_uri: str, support_dir: Path, n: int, out: Path, max_pixels: int, seed: int = 0) -> Path:
-    from torchvision.utils import make_grid, save_image
-
     model = load_pyfunc(model_uri)
     shape = model.metadata.get_input_schema().inputs[0].shape  # (-1, C, H, W)
     channels, size = int(shape[1]), int(shape[2])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,7 +87,8 @@ class MetaParams(_Section):
     rotate_classes: bool
 
 
-class Cadence(BaseModel):
+@dataclass(frozen=True)
+class Cadence:
     """What a meta-step ends with (:meth:`TrainParams.due`): a record, a validation, a checkpoint."""
 
     report: bool

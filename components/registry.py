@@ -25,9 +25,10 @@ import torch
 from components.errors import MetagenError
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
-from components.meta.trainer import Restored, TrainState, build_learner
-from components.models.vae import VAEConfig
-from components.params import MetaParams, Params
+from components.data.prepare import load_split
+from components.evaluation.evaluate import evaluate, meta_row
+from components.meta.trainer import Restored, TrainState, load_learner, rebuild_learner
+from components.params import Params
 
 log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "generator"
@@ -114,11 +115,7 @@ def load_registered_learner(uri: str) -> tuple[Restored, AdaptationRule]:
         local = download_model(uri, Path(tmp))
         config = json.loads(next(local.rglob("config.json")).read_text())
         blob = torch.load(next(local.rglob("weights.pt")), map_location="cpu", weights_only=True)
-    cfg = VAEConfig(**config["vae"])
-    learner = build_learner(MetaParams.model_validate(config["meta"]), cfg, seed=0)
-    learner.model.load_state_dict(blob["model"])
-    if learner.lrs is not None and blob.get("lrs") is not None:
-        learner.lrs.load_state_dict(blob["lrs"])
+    learner, cfg = rebuild_learner(config["meta"], config["vae"], blob, what=uri)
     return Restored(learner, cfg, TrainState(), {"meta": config["meta"]}), AdaptationRule.from_dict(config["adaptation"])
 
 
@@ -298,9 +295,6 @@ def promote(
 def register_checkpoint(run_id: str, checkpoint: Path, params: Params, prepared_dir: Path,
                         tags: dict[str, str]) -> str:
     """Log the checkpoint's generator on ``run_id`` and register it as a new version."""
-    from components.data.prepare import load_split
-    from components.meta.trainer import load_learner
-
     learner = load_learner(checkpoint).learner
     test = load_split(prepared_dir, "test")
     example = test.images[test.labels == 0][: params.meta.k_shot].astype(np.float32)
@@ -311,8 +305,6 @@ def register_checkpoint(run_id: str, checkpoint: Path, params: Params, prepared_
 def score_registered(uri: str, params: Params, root: Path) -> float:
     """Re-evaluate a registered version on the current protocol (meta-model only), adapting it by
     the rule it was registered with."""
-    from components.evaluation.evaluate import evaluate, meta_row
-
     restored, rule = load_registered_learner(uri)
     rule = replace(rule, sampling=params.eval.sampling)
     with tempfile.TemporaryDirectory(prefix="metagen-reeval-") as tmp:

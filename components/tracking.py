@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,8 +67,6 @@ def log_params(client: Any, run_id: str, params: Params) -> None:
 
 def log_history(client: Any, run_id: str, history: list[dict[str, float]]) -> None:
     """Per-meta-step metrics (train/val loss, grad norm) with their step."""
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -81,8 +80,6 @@ def log_history(client: Any, run_id: str, history: list[dict[str, float]]) -> No
 
 
 def log_eval_rows(client: Any, run_id: str, rows: list[dict[str, Any]], model: str) -> None:
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)

@@ -9,8 +9,10 @@ checkpoints; a restarted worker group resumes from ``ray.train.get_checkpoint()`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -18,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from components.data.prepare import load_split
+from components.errors import MetagenError
 from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from components.meta.learner import MetaLearner
 from components.meta.trainer import (
@@ -40,8 +44,6 @@ FAULT_MARKER = ".fault_injected"
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -120,16 +122,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 def _write_worker_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """Each worker leaves a line of where it ran and which steps it did (observability, tests)."""
-    import json
-
     folder = run_dir / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"rank{summary['rank']}-pid{summary['pid']}.json").write_text(json.dumps(summary) + "\n")
 
 
 def worker_summaries(run_dir: Path) -> list[dict[str, Any]]:
-    import json
-
     return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "workers").glob("*.json"))]
 
 
@@ -140,10 +138,6 @@ def ray_address(params: Params) -> str | None:
 def check_ray_address(address: str, timeout: float = 5.0) -> None:
     """A TCP probe of ``host:port`` (or ``ray://host:port``) so that a dead cluster fails in
     seconds instead of ray.init's minutes of retries."""
-    import socket
-
-    from components.errors import MetagenError
-
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -170,8 +164,6 @@ def init_ray(params: Params) -> None:
         try:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         except (ConnectionError, RuntimeError) as err:
-            from components.errors import MetagenError
-
             raise MetagenError(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False, runtime_env=runtime_env,
@@ -208,8 +200,6 @@ def train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: s
                       placement_strategy: str = "PACK") -> TrainResult:
     """Fit with Ray Train and copy the final checkpoint to ``out_dir`` (same layout as ``train_local``)."""
     from ray.train.v2.api.exceptions import TrainingFailedError
-
-    from components.errors import MetagenError
 
     init_ray(params)
     name = name or f"metagen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

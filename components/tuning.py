@@ -8,6 +8,8 @@ hold real CPUs, and ``max_concurrent_trials`` is capped so that they always fit 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from components.atomic import write_text_atomic
-from components.params import Params, with_updates
+from components.errors import MetagenError
+from components.params import Params, validate_params, with_updates
+from components.training import build_trainer, init_ray
 
 log = logging.getLogger(__name__)
 METRIC = "val_loss"
@@ -64,9 +68,6 @@ def _trial(config: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from components.params import validate_params
-    from components.training import build_trainer
-
     base = validate_params(config["base_params"], source="tune base params")
     sample = {k: v for k, v in config.items() if k not in ("base_params", "prepared_dir", "storage_path")}
     params = trial_params(base, sample)
@@ -97,8 +98,6 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
-
-    from components.training import init_ray
 
     init_ray(params)
     storage = Path(params.train.storage_path).resolve()
@@ -140,8 +139,6 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
         })
     ok = [t for t in trials if t[METRIC] is not None and math.isfinite(t[METRIC]) and t["error"] is None]
     if not ok:
-        from components.errors import MetagenError
-
         raise MetagenError(f"Ray Tune {name}: no trial reported a finite {METRIC}")
     best = min(ok, key=lambda t: t[METRIC])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,9 +153,6 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["trial_id"])
     writer.writeheader()

@@ -16,10 +16,6 @@ from components.errors import DataError
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
-def is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
 def _check_member_name(archive: Path, name: str) -> None:
     posix = PurePosixPath(name.replace("\\", "/"))
     if posix.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):

@@ -6,6 +6,7 @@ afterwards, ``data/``, ``data.dvc`` and ``params.yaml`` are put back as they wer
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -14,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.data.dvc_ops import dvc_add, dvc_repro
+import sklearn
+
+from components.data.dvc_ops import dvc_add, dvc_pull, dvc_push, dvc_repro
 from components.data.lineage import DataVersion, data_version, raw_md5
 from components.data.prepare import build_splits, decode_classes
 from components.data.sources import materialize_source, scan_image_folder
+from components.errors import DataError
 from components.params import Params
 from components.params_file import update_params_file
 
@@ -88,12 +92,8 @@ def ingest(root: Path, params: Params, param_updates: dict[str, Any] | None = No
 
 def source_fingerprint(params: Params) -> str:
     """A cheap hash of the configured source (names, sizes, mtimes; digits: the sklearn version)."""
-    import hashlib
-
     h = hashlib.sha256(params.data.source.encode())
     if params.data.source == "digits":
-        import sklearn
-
         h.update(sklearn.__version__.encode())
         return h.hexdigest()[:16]
     src = Path(params.data.path or "").expanduser()
@@ -108,9 +108,6 @@ def ensure_data(root: Path, params: Params) -> IngestResult:
     """What the pipeline runs: ``dvc pull`` when a remote holds the committed data; otherwise
     rebuild ``data/`` from the source (checked against the committed ``data.dvc``), ``dvc repro
     prepare`` and ``dvc push``."""
-    from components.data.dvc_ops import dvc_pull, dvc_push
-    from components.errors import DataError
-
     root = Path(root).resolve()
     committed = raw_md5(root)
     if committed is not None:
@@ -124,7 +121,8 @@ def ensure_data(root: Path, params: Params) -> IngestResult:
         except DataError:
             raise
         except Exception as err:  # dvc raises many kinds when the remote lacks the data
-            log.info("dvc pull did not restore the data (%s): rebuilding from the source", str(err).splitlines()[0])
+            log.warning("dvc pull did not restore the data (%s): rebuilding from the source",
+                        (str(err).splitlines() or [type(err).__name__])[0])
     result = ingest(root, params)
     pushed = dvc_push(root)
     log.info("dvc push: %d file(s) sent to the remote", pushed)

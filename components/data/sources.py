@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sklearn.datasets import load_digits
 
 from components.data.archive import extract_archive
 from components.data.images import is_image_file
@@ -101,8 +102,6 @@ def scan_celeba(root: Path) -> FolderListing:
 
 def export_digits(dest: Path) -> FolderListing:
     """scikit-learn's bundled 8x8 digits as a class-per-folder PNG tree (deterministic bytes)."""
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     classes: dict[str, list[Path]] = {}
@@ -131,7 +130,8 @@ def materialize_source(params: DataParams, dest: Path) -> FolderListing:
     """Write the configured source's raw snapshot into the empty folder ``dest``."""
     if params.source == "digits":
         return export_digits(dest)
-    assert params.path is not None  # guaranteed by DataParams validation
+    if not params.path:
+        raise DataError(f"data.path: required for data.source {params.source!r}")
     src = Path(params.path).expanduser()
     if params.source == "image_folder":
         return _copy_listing(scan_image_folder(src), dest)

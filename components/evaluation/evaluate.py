@@ -18,7 +18,6 @@ from components.evaluation import extractors as ex
 from components.evaluation.pictures import fid_bar_chart, loss_curve, sample_grid, save_grid
 from components.errors import MetagenError
 from components.evaluation.protocol import (
-    MODES,
     Protocol,
     choose_lr,
     draw_episode,
@@ -26,7 +25,14 @@ from components.evaluation.protocol import (
     select_classes,
 )
 from components.evaluation.report import markdown_table
-from components.meta.baselines import FinetuneGenerator, MetaGenerator, pretrain_vae
+from components.meta.baselines import (
+    MODES,
+    FewShotGenerator,
+    FinetuneGenerator,
+    MetaGenerator,
+    SupportReplay,
+    pretrain_vae,
+)
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.models.vae import ConvVAE, VAEConfig, param_dict
@@ -94,6 +100,52 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
 
 
 @dataclass
+class Scores:
+    """What scoring gives: the table's rows, the first repeat's samples, the baselines' lr choices."""
+
+    rows: list[dict[str, Any]]
+    samples: dict[str, dict[str, list[torch.Tensor]]]
+    lr_choices: dict[str, Any]
+
+
+def score(
+    meta: FewShotGenerator,
+    baselines: list[FinetuneGenerator],
+    test: Split,
+    val: Split | None,
+    extractor: ex.FeatureExtractor,
+    protocol: Protocol,
+    max_copy_rate: float,
+    stats_cache: Path | None = None,
+    notify: Callable[[str], None] = lambda _msg: None,
+) -> Scores:
+    """Scoring, no files: the meta-model, each baseline (its adaptation lr chosen on the meta-val
+    classes ``val`` first) and the support-replay reference, each through the same protocol."""
+    test_feats = extractor.features(torch.from_numpy(test.images))
+    rows: list[dict[str, Any]] = []
+    samples: dict[str, dict[str, list[torch.Tensor]]] = {}
+    lr_choices: dict[str, Any] = {}
+    chosen: list[FewShotGenerator] = [meta]
+    if baselines:
+        if val is None:
+            raise ValueError("choosing the baselines' learning rates needs meta-val classes")
+        val_feats = extractor.features(torch.from_numpy(val.images))
+        for gen in baselines:
+            notify(f"{gen.name}: choosing its adaptation lr on meta-val")
+            gen, by_lr = choose_lr(gen, val, val_feats, extractor, protocol, protocol.eval.baseline_lrs, "support",
+                                   max_copy_rate)
+            lr_choices[gen.name] = {"chosen": gen.lr, "by_lr": by_lr}
+            chosen.append(gen)
+    for gen in [*chosen, SupportReplay()]:
+        notify(gen.name)
+        g_rows, g_samples = evaluate_generator(gen, test, test_feats, extractor, protocol, stats_cache=stats_cache)
+        rows += g_rows
+        if not isinstance(gen, SupportReplay):
+            samples[gen.name] = g_samples
+    return Scores(rows, samples, lr_choices)
+
+
+@dataclass
 class EvalOutputs:
     report: dict[str, Any]
     report_path: Path
@@ -113,62 +165,40 @@ def evaluate(
     step: Callable[[str], None] | None = None,
     baselines: bool = True,
 ) -> EvalOutputs:
-    """The meta-model vs ``pretrain`` vs ``scratch`` vs support replay, each sampling mode."""
-    notify = step or (lambda _msg: None)
+    """The meta-model vs ``pretrain`` vs ``scratch`` vs support replay, each sampling mode: the
+    data, extractor and baselines loaded, :func:`score`, then the report, table and pictures."""
     ev = params.eval
     train, val, test = (load_split(prepared_dir, s) for s in ("train", "val", "test"))
     test = select_classes(test, ev.max_classes, ev.seed)
     manifest = read_manifest(prepared_dir)
     protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
     extractor, extractor_acc = load_extractor(params, features_dir)
-    notify("features of real images")
-    test_feats = extractor.features(torch.from_numpy(test.images))
-    rows: list[dict[str, Any]] = []
-    samples: dict[str, dict[str, list[torch.Tensor]]] = {}
-    lr_choices: dict[str, Any] = {}
-
-    stats = cache_dir / "fid-stats"
-    notify("meta-model")
-    meta_rows, samples["meta"] = evaluate_generator(MetaGenerator(learner, rule), test, test_feats, extractor,
-                                                    protocol, stats_cache=stats)
-    rows += meta_rows
+    gens: list[FinetuneGenerator] = []
     if baselines:
-        val = select_classes(val, ev.lr_choice_classes, ev.seed + 1)
-        val_feats = extractor.features(torch.from_numpy(val.images))
         plain = replace(learner.model.cfg, context_dim=0)  # the baselines: the same VAE without a context
-        data_key = manifest["splits"]["train"]["sha256"]
-        pre_model = pretrained_baseline(params, plain, train, cache_dir, data_key)
+        pre_model = pretrained_baseline(params, plain, train, cache_dir, manifest["splits"]["train"]["sha256"])
         gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.baseline_steps),
                 FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
-        for gen in gens:
-            notify(f"{gen.name}: choosing its adaptation lr on meta-val")
-            gen, scores = choose_lr(gen, val, val_feats, extractor, protocol, ev.baseline_lrs, "support",
-                                    params.registry.max_copy_rate)
-            lr_choices[gen.name] = {"chosen": gen.lr, "by_lr": scores}
-            notify(gen.name)
-            g_rows, samples[gen.name] = evaluate_generator(gen, test, test_feats, extractor, protocol,
-                                                           stats_cache=stats)
-            rows += g_rows
-    notify("support replay")
-    replay_rows, _ = evaluate_generator(None, test, test_feats, extractor, protocol, stats_cache=stats)
-    rows += replay_rows
-
+    scores = score(MetaGenerator(learner, rule), gens, test, select_classes(val, ev.lr_choice_classes, ev.seed + 1),
+                   extractor, protocol, params.registry.max_copy_rate, cache_dir / "fid-stats",
+                   step or (lambda _msg: None))
+    rows = scores.rows
     out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = _pictures(out_dir, test, protocol, samples, rows, history)
+    pictures = _pictures(out_dir, test, protocol, scores.samples, rows, history)
     report = {
         "protocol": {"digest": protocol.digest, **ev.model_dump(mode="json"), "k_shot": params.meta.k_shot,
                      "test_classes": test.classes},
         "extractor": {"name": extractor.name, "digest": extractor.digest, "heldout_accuracy": extractor_acc},
         "adaptation": rule.to_dict(),
         "rows": rows,
-        "baseline_lr_selection": lr_choices,
+        "baseline_lr_selection": scores.lr_choices,
         "best": {mode: min((r for r in rows if r["sampling"] == mode), key=lambda r: r["fid_mean"])["model"]
                  for mode in MODES},
     }
     if isinstance(extractor, ex.InceptionExtractor):
         report["inception_score"] = {
             name: dict(zip(("mean", "std"), extractor.inception_score(torch.cat(s["support"]))))
-            for name, s in samples.items()
+            for name, s in scores.samples.items()
         }
     report_path = out_dir / "eval.json"
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")

@@ -18,7 +18,9 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pytorch_fid import inception as pfi
 from torch import Tensor, nn
+from torchvision.models.inception import inception_v3
 
 from components.atomic import atomic_file
 from components.errors import MetagenError
@@ -195,9 +197,6 @@ def inception_weights_path(configured: str | None) -> Path:
 
 def build_fid_inception() -> nn.Module:
     """pytorch-fid's FID Inception-v3 architecture, without weights (no download)."""
-    from pytorch_fid import inception as pfi
-    from torchvision.models.inception import inception_v3
-
     net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
     net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)

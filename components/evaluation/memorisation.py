@@ -15,12 +15,11 @@ import contextlib
 import io
 
 import numpy as np
+from prdc import compute_prdc
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
     """Precision, recall, density and coverage of ``fake`` against ``real`` (feature rows)."""
-    from prdc import compute_prdc
-
     k = min(k, len(real) - 1, len(fake) - 1)
     if k < 1:
         raise ValueError(f"PRDC needs at least 2 real and 2 generated images, got {len(real)} and {len(fake)}")

@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
+from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import make_grid
 
 from components.atomic import atomic_file
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 
 def sample_grid(supports: list[Tensor], samples: list[Tensor], per_row: int) -> Tensor:
@@ -25,8 +30,6 @@ def sample_grid(supports: list[Tensor], samples: list[Tensor], per_row: int) -> 
 
 def save_grid(path: Path, grid: Tensor, title: str | None = None, scale: int = 3) -> Path:
     """The grid enlarged ``scale`` times (nearest neighbour, so pixels stay crisp), under a title."""
-    from PIL import Image, ImageDraw
-
     arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     img = Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0]).convert("RGB")
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
@@ -40,17 +43,7 @@ def save_grid(path: Path, grid: Tensor, title: str | None = None, scale: int = 3
     return path
 
 
-def _figure():  # noqa: ANN202
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def fid_bar_chart(path: Path, rows: list[dict[str, Any]]) -> Path:
-    plt = _figure()
     labels = [f"{r['model']}\n{r['sampling']}" for r in rows]
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2, 3.5))
     ax.bar(labels, [r["fid_mean"] for r in rows], yerr=[r["fid_std"] for r in rows], capsize=4, color="#4c72b0")
@@ -68,7 +61,6 @@ def loss_curve(path: Path, history: list[dict[str, float]]) -> Path | None:
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
     if not vals and not train:
         return None
-    plt = _figure()
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
     if train:
         ax[0].plot([s for s, _ in train], [v for _, v in train])

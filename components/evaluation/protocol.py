@@ -28,13 +28,10 @@ from components.errors import MetagenError
 from components.evaluation.extractors import FeatureExtractor, accuracy, train_classifier
 from components.evaluation.frechet import cached_statistics, frechet_distance, kid, statistics
 from components.evaluation.memorisation import copy_rate, prdc
-from components.meta.baselines import FewShotGenerator, FinetuneGenerator
-from components.models.vae import iwae_nll, sample
+from components.meta.baselines import MODES, FewShotGenerator, FinetuneGenerator
 from components.params import EvalParams
 
 log = logging.getLogger(__name__)
-MODES = ("prior", "support")
-REPLAY = "support_replay"
 SAMPLE_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "copy_rate", "aug_acc")
 
 
@@ -126,35 +123,36 @@ def score_samples(
     return out
 
 
+def _modes(gen: FewShotGenerator, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The wanted sampling modes the generator has (the replay reference has its own one)."""
+    return tuple(m for m in wanted if m in gen.modes) or gen.modes
+
+
 def run_repeat(
-    gen: FewShotGenerator | None, split: Split, episode: Episode, real_feats: np.ndarray,
+    gen: FewShotGenerator, split: Split, episode: Episode, real_feats: np.ndarray,
     extractor: FeatureExtractor, protocol: Protocol, seed: int, modes: tuple[str, ...] = MODES,
     score_aug: bool = True, score_nll: bool = True, stats_cache: Path | None = None,
 ) -> RepeatResult:
-    """One repeat of the protocol for one generator (``None``: the support-replay reference)."""
+    """One repeat of the protocol for one generator."""
     out = RepeatResult()
     m, ev = protocol.eval.samples_per_class, protocol.eval
+    modes = _modes(gen, modes)
     torch_gen = torch.Generator().manual_seed(seed)
     per_mode: dict[str, list[Tensor]] = {mode: [] for mode in modes}
     nlls = []
     for c in range(len(split.classes)):
         support = torch.from_numpy(split.images[episode.supports[c]])
-        if gen is None:
-            reps = support.repeat((m + len(support) - 1) // len(support), 1, 1, 1)[:m]
-            for mode in modes:
-                per_mode[mode].append(reps)
-            continue
         adapted = gen.adapt(support, torch_gen)
         if score_nll:
             real = torch.from_numpy(split.images[episode.heldout[c][: ev.nll_max_images]])
-            nll_gen = torch.Generator().manual_seed(seed + 7919 * (c + 1))
-            nlls.append(float(iwae_nll(gen.model, adapted, real, ev.nll_samples, nll_gen).mean()))
+            nll = adapted.nll(real, ev.nll_samples, torch.Generator().manual_seed(seed + 7919 * (c + 1)))
+            if nll is not None:
+                nlls.append(nll)
         for mode in modes:
-            per_mode[mode].append(sample(gen.model, adapted, m, torch_gen, mode, support, ev.temperature))
-    name = gen.name if gen is not None else REPLAY
+            per_mode[mode].append(adapted.sample(m, mode, torch_gen, ev.temperature))
     for mode in modes:
         out.metrics[mode] = score_samples(per_mode[mode], split, episode, real_feats, extractor, protocol, seed,
-                                          name, score_aug, stats_cache)
+                                          gen.name, score_aug, stats_cache)
         out.samples[mode] = per_mode[mode]
     out.nll = float(np.mean(nlls)) if nlls else None
     return out
@@ -165,7 +163,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def evaluate_generator(
-    gen: FewShotGenerator | None, split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
+    gen: FewShotGenerator, split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
     protocol: Protocol, modes: tuple[str, ...] = MODES, stats_cache: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[Tensor]]]:
     """Rows (one per sampling mode) with mean/std over ``eval.repeats`` and the first repeat's samples."""
@@ -175,14 +173,12 @@ def evaluate_generator(
         episode = draw_episode(split, protocol.k_shot, seed)
         repeats.append(run_repeat(gen, split, episode, real_feats, extractor, protocol, seed, modes,
                                   stats_cache=stats_cache))
-    name = gen.name if gen is not None else REPLAY
     rows = []
     nll = [r.nll for r in repeats if r.nll is not None]
     nll_m, nll_s = _mean_std(nll) if nll else (None, None)
-    for mode in modes:
+    for mode in _modes(gen, modes):
         row: dict[str, Any] = {
-            "model": name, "sampling": mode if gen is not None else "replay",
-            "adapt_steps": gen.steps if gen is not None else 0, "adapt_lr": gen.lr if gen is not None else None,
+            "model": gen.name, "sampling": mode, "adapt_steps": gen.steps, "adapt_lr": gen.lr,
             "nll_mean": nll_m, "nll_std": nll_s,
         }
         for metric in SAMPLE_METRICS:
@@ -190,8 +186,6 @@ def evaluate_generator(
         for metric in ("precision", "recall", "density", "coverage", "copy_rate"):
             row[metric] = row[f"{metric}_mean"]
         rows.append(row)
-        if gen is None:
-            break
     return rows, repeats[0].samples
 
 

@@ -1,10 +1,12 @@
-"""Few-shot generators behind one ``adapt`` API: the meta-learned VAE and the two baselines.
+"""Few-shot generators behind one ``adapt`` API: the meta-learned VAE, the two baselines and the
+support-replay reference. ``adapt(support)`` gives an :class:`Adapted` that samples and scores.
 
 * ``meta``: the meta-parameters adapted with the inner loop they were trained with (SGD, or
   Meta-SGD's learned rates);
 * ``scratch``: a freshly initialised VAE trained with Adam on the K images alone;
 * ``pretrain``: one VAE trained with Adam on all meta-train images jointly, then fine-tuned with
-  Adam on the K images.
+  Adam on the K images;
+* ``support_replay``: the K supports themselves, repeated (what a perfect copier scores).
 """
 
 from __future__ import annotations
@@ -19,20 +21,71 @@ from torch import Tensor
 
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
-from components.models.vae import ConvVAE, Params, VAEConfig, build_vae, param_dict, per_pixel_loss
+from components.models.vae import ConvVAE, Params, VAEConfig, build_vae, iwae_nll, param_dict, per_pixel_loss, sample
 
 log = logging.getLogger(__name__)
 
 
+MODES = ("prior", "support")  # how a VAE samples: z from its (class) prior, or from the supports' posteriors
+REPLAY = "support_replay"
+
+
+class Adapted(Protocol):
+    """A generator adapted to one class."""
+
+    def sample(self, n: int, mode: str, generator: torch.Generator, temperature: float) -> Tensor: ...
+
+    def nll(self, x: Tensor, samples: int, generator: torch.Generator) -> float | None:
+        """Mean -log p(x) in nats per image (IWAE), or None for a generator without a density."""
+
+
 class FewShotGenerator(Protocol):
-    """Adapts to K images of a class; ``model`` + the returned parameters generate and score it."""
+    """Adapts to K images of a class (``steps`` at ``lr``), then samples in each of its ``modes``."""
 
     name: str
-    model: ConvVAE
     steps: int
     lr: float | None
+    modes: tuple[str, ...]
 
-    def adapt(self, support: Tensor, generator: torch.Generator) -> Params: ...
+    def adapt(self, support: Tensor, generator: torch.Generator) -> Adapted: ...
+
+
+@dataclass
+class AdaptedVAE:
+    model: ConvVAE
+    params: Params
+    support: Tensor
+
+    def sample(self, n: int, mode: str, generator: torch.Generator, temperature: float) -> Tensor:
+        return sample(self.model, self.params, n, generator, mode, self.support, temperature)
+
+    def nll(self, x: Tensor, samples: int, generator: torch.Generator) -> float | None:
+        return float(iwae_nll(self.model, self.params, x, samples, generator).mean())
+
+
+@dataclass
+class ReplayedSupport:
+    support: Tensor
+
+    def sample(self, n: int, mode: str, generator: torch.Generator, temperature: float) -> Tensor:
+        k = len(self.support)
+        return self.support.repeat((n + k - 1) // k, 1, 1, 1)[:n]
+
+    def nll(self, x: Tensor, samples: int, generator: torch.Generator) -> float | None:
+        return None
+
+
+@dataclass
+class SupportReplay:
+    """The reference: the K supports replayed as the samples (copy rate 1 by construction)."""
+
+    name: str = REPLAY
+    steps: int = 0
+    lr: float | None = None
+    modes: tuple[str, ...] = ("replay",)
+
+    def adapt(self, support: Tensor, generator: torch.Generator) -> Adapted:
+        return ReplayedSupport(support)
 
 
 def finetune(
@@ -59,6 +112,7 @@ class MetaGenerator:
     learner: MetaLearner
     rule: AdaptationRule
     name: str = "meta"
+    modes: tuple[str, ...] = MODES
 
     @property
     def model(self) -> ConvVAE:
@@ -72,8 +126,9 @@ class MetaGenerator:
     def lr(self) -> float | None:
         return None if self.rule.learned_lrs else self.rule.inner_lr
 
-    def adapt(self, support: Tensor, generator: torch.Generator) -> Params:
-        return self.rule.adapt(self.model, self.learner.params(), self.learner.inner_lrs(), support, generator)
+    def adapt(self, support: Tensor, generator: torch.Generator) -> AdaptedVAE:
+        fast = self.rule.adapt(self.model, self.learner.params(), self.learner.inner_lrs(), support, generator)
+        return AdaptedVAE(self.model, fast, support)
 
 
 @dataclass
@@ -85,14 +140,16 @@ class FinetuneGenerator:
     start: Params | None  # None: a fresh initialisation per adaptation (the scratch baseline)
     steps: int
     lr: float | None = None
+    modes: tuple[str, ...] = MODES
 
-    def adapt(self, support: Tensor, generator: torch.Generator) -> Params:
+    def adapt(self, support: Tensor, generator: torch.Generator) -> AdaptedVAE:
         if self.start is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             start = param_dict(build_vae(self.model.cfg, seed))
         else:
             start = self.start
-        return finetune(self.model, start, support, self.steps, self.lr or 0.0, generator)
+        return AdaptedVAE(self.model, finetune(self.model, start, support, self.steps, self.lr or 0.0, generator),
+                          support)
 
 
 def pretrain_vae(

@@ -110,14 +110,30 @@ def resume_into(learner: MetaLearner, payload: dict[str, Any]) -> TrainState:
     return TrainState(step=int(payload["step"]), history=list(payload["history"]))
 
 
-def restore(payload: dict[str, Any]) -> Restored:
-    """Rebuild the learner from a checkpoint: only its ``meta`` section and the VAE config matter."""
+def rebuild_learner(meta: dict[str, Any], vae: dict[str, Any], weights: dict[str, Any] | None = None,
+                    what: str = "checkpoint") -> tuple[MetaLearner, VAEConfig]:
+    """The one rebuild of a learner from what was stored with it (a checkpoint's or a registered
+    model's ``meta`` section and VAE config), with its weights and Meta-SGD rates if given
+    (``{"model": ..., "lrs": ...}``)."""
     try:
-        meta = MetaParams.model_validate(payload["params"]["meta"])
-        cfg = VAEConfig(**payload["vae"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint does not match this version of metagen: {err}") from None
-    learner = build_learner(meta, cfg, seed=0)
+        cfg = VAEConfig(**vae)
+        learner = build_learner(MetaParams.model_validate(meta), cfg, seed=0)
+        if weights is not None:
+            learner.model.load_state_dict(weights["model"])
+            if learner.lrs is not None and weights.get("lrs") is not None:
+                learner.lrs.load_state_dict(weights["lrs"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{what} does not match this version of metagen: {err}") from None
+    return learner, cfg
+
+
+def restore(payload: dict[str, Any]) -> Restored:
+    """A checkpoint's learner, optimizer state, RNG and history."""
+    try:
+        meta, vae = payload["params"]["meta"], payload["vae"]
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint does not match this version of metagen: missing {err}") from None
+    learner, cfg = rebuild_learner(meta, vae)
     state = resume_into(learner, payload)
     return Restored(learner, cfg, state, payload["params"])
 

@@ -14,30 +14,25 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import torch
 from mlflow.pyfunc import PythonModel
+
+from components.meta.adaptation import AdaptationRule
+from components.meta.trainer import rebuild_learner
+from components.models.vae import param_dict
 
 
 class FewShotGeneratorModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        import torch
-
-        from components.meta.adaptation import AdaptationRule
-        from components.models.vae import ConvVAE, VAEConfig
-
         with open(context.artifacts["config"]) as fh:
             self.config = json.load(fh)
         blob = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
-        self.model = ConvVAE(VAEConfig(**self.config["vae"])).eval()
-        self.model.load_state_dict(blob["model"])
-        lrs = blob.get("lrs")
-        self.lrs = {k.replace("__", "."): v for k, v in lrs.items()} if lrs is not None else None
+        learner, _ = rebuild_learner(self.config["meta"], self.config["vae"], blob, what="registered model")
+        self.model = learner.model.eval()
+        self.lrs = learner.inner_lrs()
         self.rule = AdaptationRule.from_dict(self.config["adaptation"])
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - untyped: MLflow reads hints as a schema
-        import torch
-
-        from components.models.vae import param_dict
-
         cfg = self.config
         p = {**cfg["defaults"], **(params or {})}
         support = torch.as_tensor(np.asarray(model_input, dtype=np.float32))

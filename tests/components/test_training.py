@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from components.meta.checkpoint import load_checkpoint
 from components.meta.trainer import load_learner, train_local

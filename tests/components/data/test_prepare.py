@@ -7,7 +7,7 @@ import pytest
 from components.data.prepare import load_split, prepare
 from components.data.splits import split_classes
 from components.errors import DataError
-from tests.conftest import make_params, small_data_overrides, write_tree
+from tests.conftest import make_params, small_data_overrides
 
 
 def test_same_seed_same_split_and_bytes(tmp_path: Path, tiny_tree: Path) -> None:

@@ -55,8 +55,12 @@ def test_inception_from_a_local_file(tmp_path: Path) -> None:
     imgs = torch.rand(3, 1, 28, 28)
     feats = ext.features(imgs)
     assert feats.shape == (3, 2048) and np.isfinite(feats).all()
+    # the Inception Score is exp(E KL(p(y|x) || p(y))): 1 exactly when every image is the same, and
+    # at most the number of images (p(y) spread over at most that many distinct predictions)
+    same, _ = ext.inception_score(imgs[:1].repeat(3, 1, 1, 1), splits=1)
+    assert same == pytest.approx(1.0, abs=1e-5)
     mean, _ = ext.inception_score(imgs, splits=1)
-    assert 1.0 <= mean <= 1008
+    assert 1.0 - 1e-6 <= mean <= 3.0 + 1e-6
     torch.save({"wrong": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(MetagenError, match="not pytorch-fid's FID Inception weights"):
         load_inception_extractor(str(tmp_path / "bad.pth"))

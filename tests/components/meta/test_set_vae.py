@@ -143,7 +143,6 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
 
     from components.evaluation.protocol import draw_episode
     from components.meta.baselines import MetaGenerator
-    from components.models.vae import sample
     from components.registry import log_generator
 
     params = make_params("model.width=8", "model.context_dim=6", "meta.algorithm=metasgd", "eval.inner_lr=0.05",
@@ -156,8 +155,7 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
     episode = draw_episode(test, params.meta.k_shot, seed=11)
     support = torch.from_numpy(test.images[episode.supports[0]])
     gen = torch.Generator().manual_seed(11)  # what run_repeat does for class 0 of the repeat seeded 11
-    adapted = MetaGenerator(learner, rule).adapt(support, gen)
-    evaluated = sample(learner.model, adapted, 6, gen, "prior", support, rule.temperature)
+    evaluated = MetaGenerator(learner, rule).adapt(support, gen).sample(6, "prior", gen, rule.temperature)
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
