@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from components.errors import MetagenError
+from components.evaluation.report import gate_markdown
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.data.prepare import load_split
@@ -33,6 +34,13 @@ from components.params import Params
 log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "generator"
 CHAMPION, PREVIOUS = "champion", "previous"
+MODEL_DESCRIPTION = (
+    "Few-shot image generator (metagen): a set-conditioned VAE meta-learned with MAML / Reptile / "
+    "Meta-SGD. It reads K images of an unseen class and generates new ones: "
+    "`mlflow.pyfunc.load_model(uri).predict(support, params={'n': 16, 'seed': 0})` or "
+    "`metagen generate --support DIR`. The `champion` alias is moved only by the promotion gate "
+    "(few-shot FID on held-out classes under the threshold, better than the champion and every "
+    "non-copying baseline, copy rate under the limit); each version's description lists the conditions.")
 PYFUNC_FILE = Path(__file__).with_name("serving") / "generator_pyfunc.py"
 
 
@@ -87,6 +95,8 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
 
     mv = mlflow.register_model(model_uri, name, tags={k: str(v)[:5000] for k, v in tags.items()})
     client = MlflowClient()
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
     client.set_model_version_tag(name, mv.version, "gate.decision", "pending")
     return str(mv.version)
 
@@ -121,7 +131,13 @@ def load_registered_learner(uri: str) -> tuple[Restored, AdaptationRule]:
 
 # --- the promotion gate ---------------------------------------------------------------------------
 def fid_key(extractor_digest: str, protocol_digest: str) -> str:
-    return f"fid/{extractor_digest}/{protocol_digest}"
+    """The tag that holds a version's FID under one extractor and protocol (FIDs under others do
+    not compare); ``gate.eligible <same>`` says whether it passed the gate's own conditions."""
+    return f"gate.fid extractor-{extractor_digest} protocol-{protocol_digest}"
+
+
+def eligible_key(key: str) -> str:
+    return key.replace("gate.fid ", "gate.eligible ", 1)
 
 
 def _alias_version(client: Any, name: str, alias: str) -> str | None:
@@ -136,7 +152,7 @@ def _alias_version(client: Any, name: str, alias: str) -> str | None:
 def _eligible(client: Any, name: str, key: str) -> list[tuple[float, int]]:
     out = []
     for v in client.search_model_versions(f"name='{name}'"):
-        if v.tags.get(f"eligible/{key}") == "true" and key in v.tags:
+        if v.tags.get(eligible_key(key)) == "true" and key in v.tags:
             out.append((float(v.tags[key]), int(v.version)))
     return sorted(out)
 
@@ -225,19 +241,18 @@ def own_conditions(report: dict[str, Any], rules: GateRules) -> list[tuple[str, 
             f"{rules.fid_threshold:g}", bool(np.isfinite(fid) and fid <= rules.fid_threshold)),
            (f"copy_rate {copy:.3f} {'<=' if copy <= rules.max_copy_rate else '>'} registry.max_copy_rate "
             f"{rules.max_copy_rate:g}", copy <= rules.max_copy_rate)]
-    if not rules.require_beats_baselines:
-        return out
+    note = "" if rules.require_beats_baselines else " [not required: registry.require_beats_baselines false]"
     for name in dict.fromkeys(r["model"] for r in report["rows"] if r["model"] != "meta"):
         rows = [r for r in report["rows"] if r["model"] == name]
         honest = [r for r in rows if float(r["copy_rate"]) <= rules.max_copy_rate]
         if not honest:
             worst = min(float(r["copy_rate"]) for r in rows)
-            out.append((f"{name} excluded: a copier (copy_rate {worst:.3f} > {rules.max_copy_rate:g})", True))
+            out.append((f"{name} excluded: a copier (copy_rate {worst:.3f} > {rules.max_copy_rate:g}){note}", True))
             continue
         best = min(honest, key=lambda r: float(r["fid_mean"]))
         b_fid = float(best["fid_mean"])
-        out.append((f"FID {fid:.4f} {'<' if fid < b_fid else '>='} {name} ({best['sampling']}) {b_fid:.4f}",
-                    fid < b_fid))
+        out.append((f"FID {fid:.4f} {'<' if fid < b_fid else '>='} {name} ({best['sampling']}) {b_fid:.4f}{note}",
+                    fid < b_fid or not rules.require_beats_baselines))
     return out
 
 
@@ -266,12 +281,12 @@ def promote(
             log.info("champion v%s was measured under other digests: re-evaluating it on this protocol", before)
             champion_fid = reevaluate(before)
             _write(client.set_model_version_tag, name, before, key, repr(champion_fid))
-            _write(client.set_model_version_tag, name, before, f"eligible/{key}",
+            _write(client.set_model_version_tag, name, before, eligible_key(key),
                    str(champion_fid <= rules.fid_threshold).lower())
     _write(client.set_model_version_tag, name, version, key, repr(fid))
     after = before
     if all(ok for _, ok in conditions):
-        _write(client.set_model_version_tag, name, version, f"eligible/{key}", "true")
+        _write(client.set_model_version_tag, name, version, eligible_key(key), "true")
         after = reconcile(client, name, key)
     if after is not None and after != version:
         champ = champion_fid if after == before and champion_fid is not None else float(
@@ -287,7 +302,9 @@ def promote(
     _write(client.set_model_version_tag, name, version, "gate.reason", reason[:5000])
     if failed:
         _write(client.set_model_version_tag, name, version, "gate.failed", "; ".join(failed)[:5000])
-    client.update_model_version(name, version, description=f"**{decision}** by the promotion gate: {reason}")
+    run_id = client.get_model_version(name, version).run_id
+    client.update_model_version(name, version, description=gate_markdown(decision, reason)
+                                + f"\nEvaluated and logged by MLflow run `{run_id}`.\n")
     log.info("gate: v%s %s (%s)", version, decision, reason)
     return GateDecision(version, decision, reason, fid, before, after, failed)
 

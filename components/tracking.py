@@ -6,6 +6,7 @@ Default: a SQLite file in the project (``sqlite:///<root>/mlflow.db``) with arti
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -14,11 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from components.evaluation.pictures import grid_image
 from components.net import check_health
 from components.params import Params, flatten
 
 log = logging.getLogger(__name__)
 ERROR_TAG = "metagen.error"
+TABLE_FILE = "eval/rows.json"
 
 
 def tracking_uri(params: Params, root: Path) -> str:
@@ -79,7 +84,13 @@ def log_history(client: Any, run_id: str, history: list[dict[str, float]]) -> No
         client.log_batch(run_id, metrics=metrics[i : i + 500])
 
 
+EVAL_METRICS = ("fid_mean", "fid_std", "kid_mean", "kid_std", "nll_mean", "nll_std", "precision", "recall",
+                "density", "coverage", "copy_rate", "aug_acc_mean", "aug_acc_std")
+
+
 def log_eval_rows(client: Any, run_id: str, rows: list[dict[str, Any]], model: str) -> None:
+    """``eval.<mode>.<metric>``, the same keys for the meta-model and every baseline, so that one
+    chart holds them all; support replay (its samples are the supports) reports as ``support``."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -87,18 +98,37 @@ def log_eval_rows(client: Any, run_id: str, rows: list[dict[str, Any]], model: s
     for r in rows:
         if r["model"] != model:
             continue
-        for key in ("fid_mean", "fid_std", "kid_mean", "kid_std", "nll_mean", "nll_std", "precision", "recall",
-                    "density", "coverage", "copy_rate", "aug_acc_mean", "aug_acc_std"):
+        mode = "support" if r["sampling"] == "replay" else r["sampling"]
+        for key in EVAL_METRICS:
             if r.get(key) is not None:
-                metrics.append(Metric(f"eval.{r['sampling']}.{key}", float(r[key]), now, 0))
+                metrics.append(Metric(f"eval.{mode}.{key}", float(r[key]), now, 0))
     if metrics:
         client.log_batch(run_id, metrics=metrics)
 
 
+def log_dataset(client: Any, run_id: str, params: Params, data_version: dict[str, Any]) -> None:
+    """The data as the run's dataset input (MLflow's Dataset column and panel): named by its source,
+    digest = the DVC md5 of ``data.dvc``, the prepared md5 and git commit in its source."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = str(data_version.get("raw_md5") or "")
+    if not digest or digest == "None":
+        return
+    d = params.data
+    source = json.dumps({"dvc": "data.dvc", "raw_md5": digest, "prepared_md5": data_version.get("prepared_md5"),
+                         "git_commit": data_version.get("git_commit"), "path": d.path or "scikit-learn digits"})
+    dataset = Dataset(name=f"{d.source}:{Path(d.path).name if d.path else 'digits'}", digest=digest[:36],
+                      source_type="dvc", source=source)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
+
 def start_run(params: Params, root: Path, run_name: str, data_version: dict[str, Any] | None = None,
-              parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> str:
-    """Create a run (nested under ``parent_run_id`` if given) with params and lineage tags."""
+              parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
+              run_params: dict[str, Any] | None = None) -> str:
+    """Create a run (nested under ``parent_run_id`` if given) with lineage tags, the data as its
+    dataset input, and every param (or only ``run_params``, for a run that concerns few)."""
     from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     experiment_id = configure(params, root)
     client = MlflowClient()
@@ -108,7 +138,12 @@ def start_run(params: Params, root: Path, run_name: str, data_version: dict[str,
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, tags=tags, run_name=run_name)
-    log_params(client, run.info.run_id, params)
+    if run_params is None:
+        log_params(client, run.info.run_id, params)
+    else:
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in run_params.items()])
+    if data_version is not None:
+        log_dataset(client, run.info.run_id, params, data_version)
     return run.info.run_id
 
 
@@ -149,13 +184,19 @@ def tracked_run(params: Params, root: Path, run_name: str, run_id: str | None = 
     finish_run(run_id)
 
 
-def log_training(run_id: str, history: list[dict[str, float]], checkpoint: Path, backend: str) -> None:
+def log_training(run_id: str, history: list[dict[str, float]], checkpoint: Path, backend: str,
+                 grids: dict[int, Any] | None = None) -> None:
+    """The per-step metrics, and the validation samples as one image series (``validation_samples``,
+    one image per validation step: the MLflow UI's slider shows the generator improve)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     log_history(client, run_id, history)
     client.set_tag(run_id, "train.backend", backend)
     client.set_tag(run_id, "train.checkpoint", str(checkpoint))
+    for step, grid in sorted((grids or {}).items()):
+        title = f"meta-val classes at step {step}: K supports | samples after adapting"
+        client.log_image(run_id, grid_image(grid, title), key="validation_samples", step=int(step))
 
 
 def log_tune(params: Params, root: Path, parent_run_id: str, trials: list[dict[str, Any]], table: Path) -> None:
@@ -175,20 +216,69 @@ def log_tune(params: Params, root: Path, parent_run_id: str, trials: list[dict[s
     client.log_artifact(parent_run_id, str(table), "tune")
 
 
+def _baseline_params(params: Params, rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The params that concern one baseline's run: the protocol, the VAE, its own adaptation."""
+    row = next(r for r in rows if r["model"] == name)
+    out: dict[str, Any] = {"meta.k_shot": params.meta.k_shot, "eval.repeats": params.eval.repeats,
+                           "eval.samples_per_class": params.eval.samples_per_class, "eval.seed": params.eval.seed,
+                           "model.latent_dim": params.model.latent_dim, "model.width": params.model.width,
+                           "adapt_steps": row["adapt_steps"], "adapt_lr": row["adapt_lr"]}
+    if name == "pretrain":
+        out.update({"train.pretrain_steps": params.train.pretrain_steps, "eval.pretrain_lr": params.eval.pretrain_lr})
+    return out
+
+
+def _log_grids(client: Any, run_id: str, model: str, files: list[Path]) -> None:
+    for f in files:
+        if f.name.startswith(f"grid_{model}_") and f.suffix == ".png":
+            with Image.open(f) as img:
+                client.log_image(run_id, img.copy(), key=f.stem, step=0)
+
+
 def log_evaluation(params: Params, root: Path, run_id: str, report: dict[str, Any], files: list[Path]) -> None:
-    """Meta-model metrics on the run, one nested run per baseline, the table and pictures as artifacts."""
+    """Meta-model metrics, grids (as images) and the rows (as a table) on the run; one nested run
+    per baseline with the same metric keys, its own grids and only its own params."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    log_eval_rows(client, run_id, report["rows"], "meta")
+    rows = report["rows"]
+    log_eval_rows(client, run_id, rows, "meta")
     client.set_tag(run_id, "eval.extractor", f"{report['extractor']['name']}:{report['extractor']['digest']}")
     client.set_tag(run_id, "eval.protocol_digest", report["protocol"]["digest"])
     if report["extractor"].get("heldout_accuracy") is not None:
         client.log_metric(run_id, "extractor.heldout_accuracy", float(report["extractor"]["heldout_accuracy"]))
-    for name in sorted({r["model"] for r in report["rows"]} - {"meta"}):
+    columns = list(rows[0])
+    client.log_table(run_id, data={c: [r.get(c) for r in rows] for c in columns}, artifact_file=TABLE_FILE)
+    _log_grids(client, run_id, "meta", files)
+    for name in sorted({r["model"] for r in rows} - {"meta"}):
         child = start_run(params, root, f"baseline-{name}", parent_run_id=run_id,
-                          extra_tags={"metagen.kind": "baseline", "eval.protocol_digest": report["protocol"]["digest"]})
-        log_eval_rows(client, child, report["rows"], name)
+                          extra_tags={"metagen.kind": "baseline", "eval.protocol_digest": report["protocol"]["digest"]},
+                          run_params=_baseline_params(params, rows, name))
+        log_eval_rows(client, child, rows, name)
+        _log_grids(client, child, name, files)
         finish_run(child)
     for f in files:
         client.log_artifact(run_id, str(f), "eval")
+
+
+def describe_run(run_id: str, markdown: str) -> None:
+    """The run's description (the MLflow UI's Description box): markdown."""
+    from mlflow import MlflowClient
+
+    MlflowClient().set_tag(run_id, "mlflow.note.content", markdown[:60000])
+
+
+def ui_base(uri: str) -> str:
+    """Where a user opens the MLflow UI for this store (``mlflow ui`` serves a file store on 5000)."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def run_url(uri: str, run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def version_url(uri: str, name: str, version: str) -> str:
+    return f"{ui_base(uri)}/#/models/{name}/versions/{version}"

@@ -215,4 +215,5 @@ def train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: s
         payload = load_checkpoint(Path(d))
     out = Path(out_dir) / FILENAME
     save_checkpoint(out, {k: v for k, v in payload.items() if k != "format"})
-    return TrainResult(checkpoint=out, step=int(payload["step"]), history=list(payload["history"]))
+    return TrainResult(checkpoint=out, step=int(payload["step"]), history=list(payload["history"]),
+                       grids=dict(payload.get("val_grids") or {}))

@@ -3,8 +3,11 @@ flow), or validate params.yaml when it is the entry point itself (a Prefect depl
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from components.data.lineage import raw_md5
 from components.params import Params, load_params
 
 
@@ -14,3 +17,36 @@ def resolve(root: str, params_path: str, overrides: list[str] | None, params: Pa
         return base, params
     path = Path(params_path)
     return base, load_params(path if path.is_absolute() else base / path, overrides or [])
+
+
+def run_name(kind: str) -> Callable[[], str]:
+    """A Prefect flow-run name that says what ran and when: ``<kind>-<data md5 prefix>-<time>``
+    (the data version committed in ``data.dvc``; ``new`` before the first ingest)."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        root = Path(str(flow_run.parameters.get("root", "."))).resolve()
+        return f"{kind}-{(raw_md5(root) or 'new')[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    return name
+
+
+def rename_flow_run(kind: str, data_md5: str | None) -> str:
+    """Name the current flow run after the data version it turned out to read (known after ingest)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    name = f"{kind}-{(data_md5 or 'new')[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, name=name)
+    return name
+
+
+def publish_artifacts(markdown: str, links: dict[str, tuple[str, str]]) -> None:
+    """The flow run's Prefect artifacts: a markdown report and links (``key: (url, text)``)."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    create_markdown_artifact(markdown=markdown, key="metagen-report", description="evaluation and gate decision")
+    for key, (url, text) in links.items():
+        create_link_artifact(link=url, link_text=text, key=key)

@@ -14,7 +14,7 @@ from components.meta.trainer import load_learner
 from components.params import Params
 from components.registry import load_registered_learner
 from components.tracking import log_evaluation, tracked_run
-from pipelines.common import resolve
+from pipelines.common import resolve, run_name
 
 
 @task(name="feature-extractor")
@@ -42,7 +42,7 @@ def track_evaluation(root: str, params: Params, run_id: str, result: dict[str, A
     log_evaluation(params, Path(root), run_id, result["report"], [Path(f) for f in result["files"]])
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, flow_run_name=run_name("evaluate"))
 def evaluate(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
              checkpoint: str | None = None, model_uri: str | None = None, run_id: str | None = None,
              params: Params | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from components.data.dvc_ops import dvc_push
 from components.data.ingest import ensure_data, ingest as run_ingest, source_fingerprint
 from components.data.lineage import data_version, raw_md5
 from components.params import Params, flatten
-from pipelines.common import resolve
+from pipelines.common import resolve, run_name
 
 
 @task(name="ingest-data", cache_policy=(INPUTS - "params") + TASK_SOURCE, cache_expiration=timedelta(days=30))
@@ -33,7 +33,7 @@ def refresh_data(root: str, params: Params, updates: dict[str, Any]) -> dict[str
     return {**result.version.__dict__, "data_changed": result.data_changed}
 
 
-@flow(name="ingest", log_prints=True)
+@flow(name="ingest", log_prints=True, flow_run_name=run_name("ingest"))
 def ingest(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
            refresh: bool = False, params: Params | None = None) -> dict[str, Any]:
     """``refresh``: re-read the source now; else pull from the DVC remote or rebuild (cached).

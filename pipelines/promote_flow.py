@@ -11,7 +11,7 @@ from prefect import flow, task
 from components.params import Params
 from components.registry import GateRules, promote as apply_gate, register_checkpoint, score_registered
 from components.tracking import configure, tracked_run
-from pipelines.common import resolve
+from pipelines.common import resolve, run_name
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=3)
@@ -38,7 +38,7 @@ def version_tags(report: dict[str, Any], tags: dict[str, str] | None) -> dict[st
             **{f"eval.{r['model']}.{r['sampling']}.fid": f"{r['fid_mean']:.4f}" for r in report["rows"]}}
 
 
-@flow(name="promote", log_prints=True)
+@flow(name="promote", log_prints=True, flow_run_name=run_name("promote"))
 def promote(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
             run_id: str | None = None, checkpoint: str = "", report: dict[str, Any] | None = None,
             tags: dict[str, str] | None = None, params: Params | None = None) -> dict[str, Any]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from components.params import Params, with_updates
-from components.tracking import lineage_tags, tracked_run, tracking_uri
-from pipelines.common import resolve
+from components.evaluation.report import run_summary
+from components.tracking import describe_run, lineage_tags, run_url, tracked_run, tracking_uri, version_url
+from pipelines.common import publish_artifacts, rename_flow_run, resolve, run_name
 from pipelines.evaluate_flow import evaluate
 from pipelines.ingest_flow import ingest
 from pipelines.promote_flow import promote
@@ -16,12 +18,13 @@ from pipelines.train_flow import train
 from pipelines.tune_flow import tune
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, flow_run_name=run_name("retrain"))
 def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
             local: bool = False, params: Params | None = None) -> dict[str, Any]:
     base, params = resolve(root, params_path, overrides, params)
     root = str(base)
     data = ingest(root, params_path, overrides, params=params)
+    rename_flow_run("retrain", data.get("raw_md5"))
     with tracked_run(params, base, "retrain", data_version=data, extra_tags={"metagen.kind": "retrain"}) as run_id:
         trained_with = params
         if params.tune.enabled:
@@ -31,6 +34,13 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
         evaluated = evaluate(root, checkpoint=trained["checkpoint"], run_id=run_id, params=trained_with)
         decision = promote(root, run_id=run_id, checkpoint=trained["checkpoint"], report=evaluated["report"],
                            tags=lineage_tags(trained_with, data), params=trained_with)
-    return {"run_id": run_id, "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
+        summary = run_summary(evaluated["report"], decision, params.registry.model_name)
+        describe_run(run_id, summary)
+    uri, name, version = tracking_uri(params, base), params.registry.model_name, decision["version"]
+    publish_artifacts(summary, {
+        "mlflow-run": (run_url(uri, run_id), f"MLflow run {run_id} (metrics, grids, evaluation table)"),
+        "model-version": (version_url(uri, name, version), f"registered model {name} v{version} ({decision['decision']})"),
+    })
+    return {"run_id": run_id, "flow_run_id": str(flow_run.id), "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
             "report": evaluated["report"], "markdown": evaluated["markdown"], "files": evaluated["files"],
             "tracking_uri": tracking_uri(params, base), "model_name": params.registry.model_name}

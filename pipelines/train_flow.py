@@ -11,7 +11,7 @@ from components.meta.trainer import TrainResult, train_local
 from components.params import Params
 from components.tracking import log_training, tracked_run
 from components.training import train_distributed
-from pipelines.common import resolve
+from pipelines.common import resolve, run_name
 
 
 @task(name="meta-train")
@@ -20,15 +20,16 @@ def meta_train(root: str, params: Params, local: bool) -> dict[str, Any]:
     result: TrainResult = (train_local(params, prepared, out, progress=False) if local
                            else train_distributed(params, prepared, out))
     return {"checkpoint": str(result.checkpoint), "step": result.step, "history": result.history,
-            "final_val_loss": result.final_val_loss}
+            "final_val_loss": result.final_val_loss, "grids": result.grids}
 
 
 @task(name="track-training", retries=2, retry_delay_seconds=2)
 def track_training(run_id: str, trained: dict[str, Any], local: bool) -> None:
-    log_training(run_id, trained["history"], Path(trained["checkpoint"]), "local" if local else "ray")
+    log_training(run_id, trained["history"], Path(trained["checkpoint"]), "local" if local else "ray",
+                 trained["grids"])
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, flow_run_name=run_name("train"))
 def train(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
           local: bool = False, run_id: str | None = None, data: dict[str, Any] | None = None,
           params: Params | None = None) -> dict[str, Any]:

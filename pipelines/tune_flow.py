@@ -10,7 +10,7 @@ from prefect import flow, task
 from components.params import Params
 from components.tracking import log_tune, tracked_run
 from components.tuning import run_tune
-from pipelines.common import resolve
+from pipelines.common import resolve, run_name
 
 
 @task(name="ray-tune")
@@ -25,7 +25,7 @@ def track_tune(root: str, params: Params, run_id: str, result: dict[str, Any]) -
     log_tune(params, Path(root), run_id, result["trials"], Path(result["table"]))
 
 
-@flow(name="tune", log_prints=True)
+@flow(name="tune", log_prints=True, flow_run_name=run_name("tune"))
 def tune(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
          run_id: str | None = None, params: Params | None = None) -> dict[str, Any]:
     base, params = resolve(root, params_path, overrides, params)

@@ -28,9 +28,12 @@ def sample_grid(supports: list[Tensor], samples: list[Tensor], per_row: int) -> 
     return make_grid(torch.cat(padded), nrow=ncol, padding=2, pad_value=0.5)
 
 
-def save_grid(path: Path, grid: Tensor, title: str | None = None, scale: int = 3) -> Path:
-    """The grid enlarged ``scale`` times (nearest neighbour, so pixels stay crisp), under a title."""
-    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+def grid_image(grid: Tensor, title: str | None = None, scale: int = 3) -> Image.Image:
+    """A grid (float in [0, 1] or uint8, C x H x W) enlarged ``scale`` times (nearest neighbour,
+    so pixels stay crisp), under a title: what the reports and the MLflow UI show."""
+    if grid.dtype != torch.uint8:
+        grid = (grid.clamp(0, 1) * 255).round().byte()
+    arr = grid.permute(1, 2, 0).numpy()
     img = Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0]).convert("RGB")
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     if title:
@@ -38,6 +41,11 @@ def save_grid(path: Path, grid: Tensor, title: str | None = None, scale: int = 3
         canvas.paste(img, (0, 22))
         ImageDraw.Draw(canvas).text((4, 5), title, fill="black")
         img = canvas
+    return img
+
+
+def save_grid(path: Path, grid: Tensor, title: str | None = None, scale: int = 3) -> Path:
+    img = grid_image(grid, title, scale)
     with atomic_file(path) as tmp:
         img.save(tmp, format="png")
     return path

@@ -38,3 +38,17 @@ def markdown_table(report: dict[str, Any]) -> str:
         )
     lines += ["", "Lowest FID per sampling mode: " + ", ".join(f"{k}: **{v}**" for k, v in report["best"].items()), ""]
     return "\n".join(lines)
+
+
+def gate_markdown(decision: str, reason: str) -> str:
+    """The gate's decision and each of its conditions with its numbers, one per line."""
+    return "\n".join([f"**{decision}** by the promotion gate:", "",
+                      *(f"- {condition}" for condition in reason.split("; ")), ""])
+
+
+def run_summary(report: dict[str, Any], decision: dict[str, Any], model_name: str) -> str:
+    """A retrain run's description: the comparison with every baseline, then the gate."""
+    verdict = ("promoted to `champion`" if decision["decision"] == "promoted"
+               else f"not promoted (champion stays v{decision['champion_after']})")
+    return "\n".join([f"## {model_name} v{decision['version']}: {verdict}", "", markdown_table(report),
+                      gate_markdown(decision["decision"], decision["reason"])])

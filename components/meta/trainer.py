@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torchvision.utils import make_grid
 
 from components.data.prepare import Split, load_split
 from components.errors import CheckpointError
@@ -75,10 +76,28 @@ def validate(learner: MetaLearner, sampler: TaskSampler, n_tasks: int, seed: int
     return {"val_loss": sum(adapted) / len(adapted), "val_loss_unadapted": sum(before) / len(before)}
 
 
+@torch.no_grad()
+def validation_grid(learner: MetaLearner, sampler: TaskSampler, seed: int, tasks: int = 4, n: int = 6) -> torch.Tensor:
+    """What the generator makes of meta-val classes now: per row a class's K supports, then ``n``
+    samples after adapting as in training (uint8, C x H x W), so the dashboards show it improve."""
+    device = next(learner.model.parameters()).device
+    batch = sampler.sample(step=0, batch_size=tasks).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    rule = training_rule(learner.meta)
+    rows = []
+    for t in range(len(batch)):
+        support = batch.support[t]
+        samples = rule.generate(learner.model, learner.params(), learner.inner_lrs(), support, n, gen)
+        rows.append(torch.cat([support, torch.ones_like(support[:1]), samples]).cpu())
+    grid = make_grid(torch.cat(rows), nrow=len(rows[0]), padding=2, pad_value=0.5)
+    return (grid.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 @dataclass
 class TrainState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    grids: dict[int, torch.Tensor] = field(default_factory=dict)  # validation step -> uint8 sample grid
 
 
 def checkpoint_payload(learner: MetaLearner, params: Params, cfg: VAEConfig, state: TrainState) -> dict[str, Any]:
@@ -87,6 +106,7 @@ def checkpoint_payload(learner: MetaLearner, params: Params, cfg: VAEConfig, sta
         "learner": learner.state_dict(),
         "rng": torch.get_rng_state(),
         "history": state.history,
+        "val_grids": state.grids,
         "params": params.model_dump(mode="json"),
         "vae": cfg.__dict__,
     }
@@ -107,7 +127,8 @@ def resume_into(learner: MetaLearner, payload: dict[str, Any]) -> TrainState:
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint does not match this model: {err}") from None
     torch.set_rng_state(payload["rng"])
-    return TrainState(step=int(payload["step"]), history=list(payload["history"]))
+    return TrainState(step=int(payload["step"]), history=list(payload["history"]),
+                      grids=dict(payload.get("val_grids") or {}))
 
 
 def rebuild_learner(meta: dict[str, Any], vae: dict[str, Any], weights: dict[str, Any] | None = None,
@@ -147,6 +168,7 @@ class TrainResult:
     checkpoint: Path
     step: int
     history: list[dict[str, float]]
+    grids: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def final_val_loss(self) -> float | None:
@@ -198,6 +220,7 @@ def run_loop(learner: MetaLearner, params: Params, state: TrainState, train: Spl
                       "steps_per_s": done / (time.perf_counter() - started)}
             if due.validate and shard.rank == 0:
                 record.update(validate(learner, val_sampler, t.val_tasks, t.seed))
+                state.grids[state.step] = validation_grid(learner, val_sampler, t.seed)
             if shard.rank == 0:
                 state.history.append(record)
         hooks.after_step(state, record, due.checkpoint or state.step == last)
@@ -256,4 +279,4 @@ def train_local(
         task = bar.add_task("train", total=params.train.steps, completed=state.step, info="")
         hooks = _LocalHooks(learner, params, cfg, ckpt, bar, task, on_metrics)
         state = run_loop(learner, params, state, train_split, val_split, hooks, last=stop_after)
-    return TrainResult(checkpoint=ckpt, step=state.step, history=state.history)
+    return TrainResult(checkpoint=ckpt, step=state.step, history=state.history, grids=state.grids)

@@ -51,6 +51,8 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{first['run_id']}'")
     assert {c.data.tags["mlflow.runName"] for c in children} >= {"baseline-pretrain", "baseline-scratch"}
 
+    _check_dashboards(url, first, client)
+
     # an impossible threshold: rejected, reason tagged, champion unchanged
     second = retrain(str(project), "params.yaml", [*TINY, "registry.fid_threshold=1e-9"], local=True)
     d2 = second["decision"]
@@ -75,6 +77,66 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
     with Image.open(out) as img:
         # make_grid: 8 per row (5 supports + 16 samples = 21 -> 3 rows) of 28 px with 2 px padding
         assert img.size == (8 * 30 + 2, 3 * 30 + 2)
+
+
+def _check_dashboards(url: str, out: dict, client) -> None:  # noqa: ANN001
+    """What a user sees in the MLflow UI, read through the tracking server's REST API, and in the
+    Prefect UI, read through the Prefect API."""
+    import json
+
+    import requests
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    api = f"{url}/api/2.0/mlflow"
+    run = requests.get(f"{api}/runs/get", params={"run_id": out["run_id"]}, timeout=10).json()["run"]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    # the data as a dataset input whose digest is the DVC md5 of data.dvc
+    (inp,) = run["inputs"]["dataset_inputs"]
+    assert inp["dataset"]["digest"] == out["data"]["raw_md5"] and inp["dataset"]["source_type"] == "dvc"
+    # a markdown description that compares the meta-model with every baseline and gives the gate's decision
+    note = tags["mlflow.note.content"]
+    for name in ("meta", "pretrain", "scratch", "support_replay", "promoted"):
+        assert name in note, name
+    # the evaluation rows as a logged table; the grids as images, also at validation steps
+    logged = json.loads(tags["mlflow.loggedArtifacts"])
+    assert {"path": "eval/rows.json", "type": "table"} in logged
+    files = requests.get(f"{api}/artifacts/list", params={"run_id": out["run_id"], "path": "images"},
+                         timeout=10).json()["files"]
+    names = [f["path"] for f in files]
+    assert any("grid_meta_support" in n for n in names) and any("validation_samples" in n for n in names), names
+    # baseline child runs: their own grids, few params, and the meta row's metric keys
+    meta_keys = {m["key"] for m in run["data"]["metrics"] if m["key"].startswith("eval.support.")}
+    assert {"eval.support.fid_mean", "eval.support.copy_rate", "eval.support.nll_mean"} <= meta_keys
+    children = client.search_runs([run["info"]["experiment_id"]], f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    by_name = {c.data.tags["mlflow.runName"]: c for c in children}
+    for name in ("baseline-pretrain", "baseline-scratch", "baseline-support_replay"):
+        child = by_name[name]
+        assert {"eval.support.fid_mean", "eval.support.copy_rate"} <= set(child.data.metrics), name
+        assert len(child.data.params) < 20, (name, len(child.data.params))
+    assert client.list_artifacts(by_name["baseline-pretrain"].info.run_id, "images")
+    # the registry: a model description, and a version description with the gate's numbers and its run
+    name, version = out["model_name"], out["decision"]["version"]
+    model = requests.get(f"{api}/registered-models/get", params={"name": name}, timeout=10).json()["registered_model"]
+    assert model.get("description")
+    mv = requests.get(f"{api}/model-versions/get", params={"name": name, "version": version},
+                      timeout=10).json()["model_version"]
+    for word in ("pretrain", "scratch", "support_replay", "registry.fid_threshold", out["run_id"]):
+        assert word in mv["description"], word
+    assert not any(t["key"].startswith(("fid/", "eligible/")) for t in mv.get("tags", []))
+    # Prefect: a named flow run with a markdown artifact (the table and the decision) and links
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(out["flow_run_id"])
+        assert flow_run.name.startswith("retrain-" + out["data"]["raw_md5"][:8]), flow_run.name
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+    by_key = {a.key: a for a in artifacts}
+    assert {"metagen-report", "mlflow-run", "model-version"} <= set(by_key), set(by_key)
+    report = str(by_key["metagen-report"].data)
+    assert "support_replay" in report and "promoted" in report
+    # Prefect renders a link artifact as markdown: [text](url)
+    assert f"/runs/{out['run_id']})" in str(by_key["mlflow-run"].data)
+    assert f"/versions/{version})" in str(by_key["model-version"].data)
 
 
 def test_generate_without_champion_is_a_clear_error(mlflow_srv, project: Path, tmp_path: Path) -> None:  # noqa: ANN001
