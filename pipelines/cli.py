@@ -194,8 +194,11 @@ def run(
     console.print(f"champion now: v{d['champion_after']}; MLflow run {out['run_id']}; took {time.perf_counter() - start:.0f} s")
     console.print(f"artifacts: {', '.join(out['files'])}")
     uri = out["tracking_uri"]
-    console.print(f"dashboards: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   |   "
-                  "prefect server start --host 127.0.0.1 (then set PREFECT_API_URL)")
+    if not uri.startswith(("http://", "https://")):
+        console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then")
+    console.print(f"  run {out['run_url']}\n  version {out['version_url']}")
+    console.print("Prefect UI: prefect server start --host 127.0.0.1 --port 4200 (flow run "
+                  f"{out['flow_run_name']}: its artifacts hold this table and the links)")
 
 
 @app.command()

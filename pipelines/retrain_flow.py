@@ -24,7 +24,7 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
     base, params = resolve(root, params_path, overrides, params)
     root = str(base)
     data = ingest(root, params_path, overrides, params=params)
-    rename_flow_run("retrain", data.get("raw_md5"))
+    flow_run_label = rename_flow_run("retrain", data.get("raw_md5"))
     with tracked_run(params, base, "retrain", data_version=data, extra_tags={"metagen.kind": "retrain"}) as run_id:
         trained_with = params
         if params.tune.enabled:
@@ -37,10 +37,11 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
         summary = run_summary(evaluated["report"], decision, params.registry.model_name)
         describe_run(run_id, summary)
     uri, name, version = tracking_uri(params, base), params.registry.model_name, decision["version"]
+    links = {"run_url": run_url(uri, run_id), "version_url": version_url(uri, name, version)}
     publish_artifacts(summary, {
-        "mlflow-run": (run_url(uri, run_id), f"MLflow run {run_id} (metrics, grids, evaluation table)"),
-        "model-version": (version_url(uri, name, version), f"registered model {name} v{version} ({decision['decision']})"),
+        "mlflow-run": (links["run_url"], f"MLflow run {run_id} (metrics, grids, evaluation table)"),
+        "model-version": (links["version_url"], f"registered model {name} v{version} ({decision['decision']})"),
     })
-    return {"run_id": run_id, "flow_run_id": str(flow_run.id), "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
+    return {"run_id": run_id, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run_label, **links, "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
             "report": evaluated["report"], "markdown": evaluated["markdown"], "files": evaluated["files"],
             "tracking_uri": tracking_uri(params, base), "model_name": params.registry.model_name}
