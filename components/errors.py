@@ -15,3 +15,7 @@ class DataError(MetagenError):
 
 class CheckpointError(MetagenError):
     """A checkpoint is missing or does not match the configured model."""
+
+
+class TrainingError(MetagenError):
+    """Training cannot go on (e.g. a non-finite loss); nothing of that step is saved."""

@@ -33,9 +33,14 @@ def _preflight(project_dir: Path, params_path: Path, overrides: list[str] | None
     from components.tracking import check_reachable, tracking_uri
     from pipelines.runtime import check_prefect_api
 
+    from components.training import check_ray_address, ray_address
+
     params = _load(project_dir / params_path, overrides)
     check_prefect_api()
     check_reachable(tracking_uri(params, project_dir))
+    address = ray_address(params)
+    if address:
+        check_ray_address(address)
     return params
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from components.errors import TrainingError
 from components.meta.algorithms import AlgoConfig, default_impl, key_shape, meta_gradients
 from components.meta.tasks import TaskBatch
 from components.models.vae import ConvVAE, Params, param_dict
@@ -76,6 +77,11 @@ class MetaLearner:
         flat = torch.cat([grads[k].reshape(-1) for k in names] + [loss.reshape(1)]) * weight
         if reduce is not None:
             flat = reduce(flat)
+        if not bool(torch.isfinite(flat).all()):
+            what = "loss" if not bool(torch.isfinite(flat[-1])) else "meta-gradient"
+            raise TrainingError(f"non-finite {what} (inner lr {self.meta.inner_lr:g}, outer lr "
+                                f"{self.meta.outer_lr:g}): lower meta.inner_lr or meta.outer_lr; "
+                                "the parameters were not updated and no checkpoint of this step is written")
         loss = flat[-1]
         out, offset = {}, 0
         for k in names:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torchvision.utils import make_grid
 
 from components.data.prepare import Split, load_split
-from components.errors import CheckpointError
+from components.errors import CheckpointError, TrainingError
 from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner, Reducer
@@ -210,7 +210,10 @@ def run_loop(learner: MetaLearner, params: Params, state: TrainState, train: Spl
     while state.step < last:
         hooks.before_step(state.step)
         batch = sampler.sample(state.step, params.meta.meta_batch_size).to(shard.device)
-        metrics = train_step(learner, batch, shard.rank, shard.world, shard.reduce)
+        try:
+            metrics = train_step(learner, batch, shard.rank, shard.world, shard.reduce)
+        except TrainingError as err:
+            raise TrainingError(f"meta-step {state.step + 1}: {err}") from None
         state.step += 1
         done += 1
         due = t.due(state.step)

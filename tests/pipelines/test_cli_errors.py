@@ -59,3 +59,16 @@ def test_unreachable_ray_cluster(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(MetagenError, match=f"cannot reach the Ray cluster at '{address}'"):
         init_ray(make_params(f"train.ray_address={address}"))
+
+
+def test_dead_ray_address_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """The pre-flight probes RAY_ADDRESS like the MLflow and Prefect servers: one line, in seconds,
+    and no MLflow run is created (the tracking store stays empty)."""
+    address = f"127.0.0.1:{free_port()}"
+    store = tmp_path / "mlflow.db"
+    res = metagen("train", env={"RAY_ADDRESS": address, "PREFECT_API_URL": "",
+                                "MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
+    assert res.returncode == 2
+    assert f"cannot reach the Ray cluster at '{address}'" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not store.exists()

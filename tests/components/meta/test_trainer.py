@@ -10,7 +10,7 @@ import torch
 from components.data.prepare import load_split
 from components.meta.checkpoint import load_checkpoint
 from components.meta.trainer import load_learner, make_sampler, train_local, validate
-from components.errors import CheckpointError
+from components.errors import CheckpointError, TrainingError
 from tests.conftest import make_params
 
 FAST = ["model.width=16", "meta.meta_batch_size=2", "meta.k_query=5", "train.val_tasks=4", "train.val_every=5",
@@ -38,6 +38,15 @@ def test_other_params_do_not_resume(tmp_path: Path, digits_prepared: Path) -> No
     result = train_local(make_params(*FAST, "train.steps=3", "meta.outer_lr=0.002"), digits_prepared, tmp_path,
                          progress=False)
     assert result.step == 3 and load_checkpoint(tmp_path)["params"]["meta"]["outer_lr"] == 0.002
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tmp_path: Path, digits_prepared: Path) -> None:
+    """An absurd inner learning rate makes the loss non-finite: training stops at that step with a
+    clear error, and no checkpoint of NaN weights is written."""
+    params = make_params(*FAST, "train.steps=6", "meta.inner_lr=1e30")
+    with pytest.raises(TrainingError, match=r"meta-step 1: non-finite (loss|meta-gradient).*meta.inner_lr"):
+        train_local(params, digits_prepared, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
