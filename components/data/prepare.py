@@ -16,7 +16,7 @@ import numpy as np
 
 from components.atomic import atomic_dir
 from components.data.arrays import load_npz, save_npz, sha256_file
-from components.data.images import BadImageError, load_image
+from components.data.images import BadImageError, load_image_noted
 from components.data.sources import FolderListing, scan_image_folder
 from components.data.splits import SPLITS, split_classes
 from components.errors import DataError
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 class DecodedClasses:
     arrays: dict[str, np.ndarray]
     skipped: list[str] = field(default_factory=list)
+    converted: dict[str, int] = field(default_factory=dict)  # conversion note -> images
+    files: dict[str, dict[str, str]] = field(default_factory=dict)  # class -> sha256 of bytes -> file
     ignored: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
@@ -52,7 +54,11 @@ def decode_classes(listing: FolderListing, params: DataParams) -> DecodedClasses
         images = []
         for path in files:
             try:
-                images.append(load_image(path, params.channels, params.image_size, params.max_image_pixels))
+                image, note = load_image_noted(path, params.channels, params.image_size, params.max_image_pixels)
+                images.append(image)
+                out.files.setdefault(cls, {}).setdefault(sha256_file(path), str(path))
+                if note is not None:
+                    out.converted[note] = out.converted.get(note, 0) + 1
             except BadImageError as err:
                 if params.on_bad_image == "fail":
                     raise DataError(f"{err} (data.on_bad_image is 'fail')") from None
@@ -74,8 +80,23 @@ def decode_classes(listing: FolderListing, params: DataParams) -> DecodedClasses
     return out
 
 
+def check_disjoint(decoded: DecodedClasses, assignment: dict[str, list[str]]) -> None:
+    """No image's bytes in two splits: a copy of a meta-train image among the test classes would
+    inflate every evaluation. A :class:`DataError` names both files."""
+    owner: dict[str, tuple[str, str]] = {}
+    for split, classes in assignment.items():
+        for cls in classes:
+            for digest, path in decoded.files.get(cls, {}).items():
+                if digest in owner and owner[digest][0] != split:
+                    other_split, other = owner[digest]
+                    raise DataError(f"{path} (class {cls!r}, {split}) has the same bytes as {other} ({other_split}): "
+                                    "the same image would be in two splits; remove one copy")
+                owner.setdefault(digest, (split, path))
+
+
 def build_splits(decoded: DecodedClasses, params: DataParams) -> dict[str, Split]:
     assignment = split_classes(list(decoded.arrays), params.split)
+    check_disjoint(decoded, assignment)
     splits = {}
     for name in SPLITS:
         classes = assignment[name]
@@ -98,6 +119,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict[str, Any]:
             "splits": {},
             "dropped_classes": decoded.dropped,
             "skipped_images": {"count": len(decoded.skipped), "files": decoded.skipped},
+            "converted_images": decoded.converted,
             "ignored_non_image_files": decoded.ignored,
         }
         for name, split in splits.items():

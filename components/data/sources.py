@@ -37,7 +37,9 @@ def scan_image_folder(root: Path) -> FolderListing:
     """List a class-per-folder tree; nested trees allowed, hidden entries skipped.
 
     A folder that directly holds image files is a class. A leaf folder without images is an empty
-    class: a :class:`DataError` naming it.
+    class: a :class:`DataError` naming it. Symbolic links to folders are not followed (a linked
+    class would be a second class with the same images, across splits); a linked file whose
+    target is already listed is skipped. Both are logged and counted as ignored.
     """
     if not root.exists():
         raise DataError(f"source path does not exist: {root}")
@@ -46,15 +48,31 @@ def scan_image_folder(root: Path) -> FolderListing:
     classes: dict[str, list[Path]] = {}
     ignored: list[Path] = []
     empty: list[str] = []
-    for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
+    seen: set[Path] = set()
+    for folder in _real_folders(root, ignored):
         rel = folder.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.is_file()]
+        files = []
+        for p in sorted(entries, key=lambda e: (e.is_symlink(), e.name)):  # the real file before its links
+            if not p.is_file():
+                continue
+            try:
+                real = p.resolve()
+            except (OSError, RuntimeError):  # a link loop
+                log.warning("skipping %s: a link that does not resolve", p)
+                ignored.append(p)
+                continue
+            if real in seen:
+                log.warning("skipping %s: a link to %s, already listed", p, real)
+                ignored.append(p)
+                continue
+            seen.add(real)
+            files.append(p)
         images = [p for p in files if is_image_file(p)]
         ignored.extend(p for p in files if not is_image_file(p))
-        has_subdirs = any(p.is_dir() for p in entries)
+        has_subdirs = any(p.is_dir() and not p.is_symlink() for p in entries)
         if images:
             if folder == root:
                 raise DataError(
@@ -71,6 +89,23 @@ def scan_image_folder(root: Path) -> FolderListing:
     if ignored:
         log.info("ignored %d non-image file(s) under %s", len(ignored), root)
     return FolderListing(classes=classes, ignored=ignored)
+
+
+def _real_folders(root: Path, ignored: list[Path]) -> list[Path]:
+    """``root`` and every folder under it, sorted, without following symbolic links to folders
+    (each link is logged and added to ``ignored``)."""
+    out = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        out.append(folder)
+        for p in folder.iterdir():
+            if p.is_symlink() and p.is_dir():
+                log.warning("not following %s: a symbolic link to a folder (%s)", p, p.resolve())
+                ignored.append(p)
+            elif p.is_dir():
+                stack.append(p)
+    return sorted(out)
 
 
 def scan_celeba(root: Path) -> FolderListing:
