@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import secrets
 import socket
 import subprocess
 import sys
@@ -60,7 +61,9 @@ class Server:
         self.proc = None
 
 
-def mlflow_server(root: Path, backend_uri: str | None = None) -> tuple[Server, str]:
+def mlflow_server(root: Path, backend_uri: str | None = None, admin_password: str | None = None) -> tuple[Server, str]:
+    """A real `mlflow server`; with ``admin_password``, guarded by MLflow's basic-auth app (users
+    in a SQLite file under ``root``, no permission unless granted, admin ``admin``)."""
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     backend = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
@@ -68,6 +71,14 @@ def mlflow_server(root: Path, backend_uri: str | None = None) -> tuple[Server, s
            str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     url = f"http://127.0.0.1:{port}"
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if admin_password is not None:
+        ini = root / "basic_auth.ini"
+        ini.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                       f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = admin\n"
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        cmd += ["--app-name", "basic-auth"]
+        env.update({"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
     return Server(cmd, f"{url}/health", env, root / "mlflow-server.log"), url
 
 

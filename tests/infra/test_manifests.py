@@ -113,3 +113,21 @@ def test_no_credentials_in_infra() -> None:
                 if "${" in line or "secretKeyRef" in line or line.strip().startswith("#"):
                     continue
                 assert not pattern.search(line), f"{path}: {line}"
+
+
+def test_servers_in_infra_are_guarded_with_credentials_from_outside() -> None:
+    """MLflow runs its basic-auth app and Prefect takes an auth string, both from the environment
+    or Kubernetes Secrets: no password is written in the repo."""
+    compose = (INFRA / "mlflow" / "docker-compose.yaml").read_text()
+    k8s = (INFRA / "mlflow" / "k8s" / "mlflow.yaml").read_text()
+    for text in (compose, k8s):
+        assert "--app-name basic-auth" in text and "default_permission = NO_PERMISSIONS" in text
+    mlflow_env = yaml.safe_load(compose)["services"]["mlflow"]["environment"]
+    assert mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${")
+    deployment = next(d for d in yaml.safe_load_all(k8s) if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]
+    prefect = yaml.safe_load((INFRA / "prefect" / "docker-compose.yaml").read_text())["services"]["prefect"]
+    assert prefect["environment"]["PREFECT_SERVER_API_AUTH_STRING"].startswith("${")
+    assert all(p.startswith("127.0.0.1:") for p in prefect["ports"])

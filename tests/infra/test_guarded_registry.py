@@ -1,0 +1,82 @@
+"""A guarded registry: a real `mlflow server --app-name basic-auth`. Without credentials nothing is
+served; a user with READ on the model cannot move `champion`; the pipeline's user can, and the
+promotion gate works end to end with the credentials MLflow reads from the environment."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from components.registry import GateRules, promote
+from tests.pipelines.test_registry import _new_versions, _report
+from tests.servers import mlflow_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+NAME = "guarded"
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[tuple[str, tuple[str, str]]]:
+    admin = ("admin", secrets.token_urlsafe(12))  # made here: no password lives in the repo
+    server, url = mlflow_server(tmp_path / "mlflow", admin_password=admin[1])
+    server.start()
+    yield url, admin
+    server.stop()
+
+
+def _admin_client(monkeypatch: pytest.MonkeyPatch, url: str, admin: tuple[str, str]):  # noqa: ANN202
+    """MLflow's own client of the auth app, as the README tells an admin to use it."""
+    from mlflow.server import get_app_client
+
+    _as(monkeypatch, url, admin)
+    return get_app_client("basic-auth", tracking_uri=url)
+
+
+def _as(monkeypatch: pytest.MonkeyPatch, url: str, who: tuple[str, str]) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", who[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", who[1])
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+def test_only_the_pipeline_user_moves_champion(auth_server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    url, admin = auth_server
+    # no credentials: refused
+    anonymous = requests.get(f"{url}/api/2.0/mlflow/registered-models/search", timeout=10)
+    assert anonymous.status_code == 401
+
+    pipeline, reader = ("pipeline", secrets.token_urlsafe(12)), ("reader", secrets.token_urlsafe(12))
+    users = _admin_client(monkeypatch, url, admin)
+    for user, password in (pipeline, reader):
+        users.create_user(username=user, password=password)
+
+    # the pipeline's user creates the model (and so manages it), registers versions, runs the gate;
+    # the admin grants the reader READ on the model
+    _as(monkeypatch, url, pipeline)
+    client = MlflowClient()
+    v1, v2 = _new_versions(client, NAME, 2)
+    rules = GateRules(sampling="prior", fid_threshold=20.0, max_copy_rate=0.1, require_beats_baselines=True)
+    assert promote(NAME, v1, _report(9.0), rules, lambda v: 0.0).decision == "promoted"
+    _admin_client(monkeypatch, url, admin).grant_user_permission(reader[0], "registered_model", NAME, "READ")
+
+    # the reader sees the model and its champion, but cannot move the alias or tag versions
+    _as(monkeypatch, url, reader)
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(NAME, "champion").version == v1
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+        client.set_registered_model_alias(NAME, "champion", v2)
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+        client.set_model_version_tag(NAME, v2, "gate.decision", "promoted")
+    assert client.get_model_version_by_alias(NAME, "champion").version == v1
+
+    # the pipeline's user promotes the better version through the gate
+    _as(monkeypatch, url, pipeline)
+    assert promote(NAME, v2, _report(5.0), rules, lambda v: 0.0).decision == "promoted"
+    assert MlflowClient().get_model_version_by_alias(NAME, "champion").version == v2
