@@ -312,8 +312,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    raw = apply_overrides(read_params_dict(path), overrides or [])
-    return validate_params(raw, source=str(path))
+    """Validate ``path`` with ``overrides`` applied; an error says which of the two is at fault."""
+    base = read_params_dict(path)
+    raw = apply_overrides(base, overrides or [])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        detail = format_validation_error(err)
+    if overrides:
+        try:
+            Params.model_validate(base)
+        except ValidationError:
+            pass
+        else:  # the file alone is valid: the overrides broke it
+            raise ParamsError(f"invalid --set override ({' '.join(overrides)}) on {path}:\n{detail}") from None
+    raise ParamsError(f"invalid {path}:\n{detail}") from None
 
 
 def with_updates(params: Params, updates: dict[str, Any]) -> Params:

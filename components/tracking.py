@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from components.errors import MetagenError
 from components.evaluation.pictures import grid_image
 from components.net import check_health
 from components.params import Params, flatten
@@ -182,6 +183,30 @@ def tracked_run(params: Params, root: Path, run_name: str, run_id: str | None = 
         fail_run(run_id, err)
         raise
     finish_run(run_id)
+
+
+UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+               "Connection aborted", "Read timed out", "RemoteDisconnected", "NameResolutionError")
+
+
+@contextmanager
+def mlflow_step(step: str) -> Iterator[None]:
+    """Tracking calls of one step: when the tracking server is gone (after MLflow's bounded
+    retries, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), one line naming the server and the step."""
+    try:
+        yield
+    except MetagenError:
+        raise
+    except Exception as err:
+        text = str(err)
+        if not any(m in text for m in UNREACHABLE):
+            raise
+        import mlflow
+
+        raise MetagenError(f"MLflow tracking server {mlflow.get_tracking_uri()} unreachable while {step} "
+                           f"({type(err).__name__}); what the step computed is kept on disk (checkpoints/, "
+                           "reports/eval.json): when the server is back, `metagen evaluate` / `metagen promote` "
+                           "re-track it") from None
 
 
 def log_training(run_id: str, history: list[dict[str, float]], checkpoint: Path, backend: str,

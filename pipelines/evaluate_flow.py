@@ -13,7 +13,7 @@ from components.meta.adaptation import AdaptationRule
 from components.meta.trainer import load_learner
 from components.params import Params
 from components.registry import load_registered_learner
-from components.tracking import log_evaluation, tracked_run
+from components.tracking import log_evaluation, mlflow_step, tracked_run
 from pipelines.common import resolve, run_name
 
 
@@ -39,7 +39,8 @@ def run_evaluation(root: str, params: Params, checkpoint: str | None, model_uri:
 
 @task(name="track-evaluation", retries=2, retry_delay_seconds=2)
 def track_evaluation(root: str, params: Params, run_id: str, result: dict[str, Any]) -> None:
-    log_evaluation(params, Path(root), run_id, result["report"], [Path(f) for f in result["files"]])
+    with mlflow_step("logging the evaluation"):
+        log_evaluation(params, Path(root), run_id, result["report"], [Path(f) for f in result["files"]])
 
 
 @flow(name="evaluate", log_prints=True, flow_run_name=run_name("evaluate"))

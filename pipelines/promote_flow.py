@@ -10,23 +10,25 @@ from prefect import flow, task
 
 from components.params import Params
 from components.registry import GateRules, promote as apply_gate, register_checkpoint, score_registered
-from components.tracking import configure, tracked_run
+from components.tracking import configure, mlflow_step, tracked_run
 from pipelines.common import resolve, run_name
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=3)
 def register_model(root: str, params: Params, run_id: str, checkpoint: str, tags: dict[str, str]) -> str:
-    configure(params, Path(root))
-    return register_checkpoint(run_id, Path(checkpoint), params, Path(root) / params.data.prepared_dir, tags)
+    with mlflow_step("registering the model"):
+        configure(params, Path(root))
+        return register_checkpoint(run_id, Path(checkpoint), params, Path(root) / params.data.prepared_dir, tags)
 
 
 @task(name="promotion-gate", retries=2, retry_delay_seconds=3)
 def gate(root: str, params: Params, version: str, report: dict[str, Any]) -> dict[str, Any]:
     base = Path(root)
-    configure(params, base)
     name = params.registry.model_name
-    decision = apply_gate(name, version, report, GateRules.from_params(params),
-                          reevaluate=lambda v: score_registered(f"models:/{name}/{v}", params, base))
+    with mlflow_step("applying the promotion gate"):
+        configure(params, base)
+        decision = apply_gate(name, version, report, GateRules.from_params(params),
+                              reevaluate=lambda v: score_registered(f"models:/{name}/{v}", params, base))
     return decision.__dict__
 
 

@@ -16,6 +16,11 @@ OFFLINE_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "TQDM_DISABLE": "1",
+    # a tracking server that goes away fails a step in well under a minute, not after MLflow's
+    # default 7 retries with exponential backoff and 120 s timeouts
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 
 

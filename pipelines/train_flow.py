@@ -9,7 +9,7 @@ from prefect import flow, task
 
 from components.meta.trainer import TrainResult, train_local
 from components.params import Params
-from components.tracking import log_training, tracked_run
+from components.tracking import log_training, mlflow_step, tracked_run
 from components.training import train_distributed
 from pipelines.common import resolve, run_name
 
@@ -25,8 +25,9 @@ def meta_train(root: str, params: Params, local: bool) -> dict[str, Any]:
 
 @task(name="track-training", retries=2, retry_delay_seconds=2)
 def track_training(run_id: str, trained: dict[str, Any], local: bool) -> None:
-    log_training(run_id, trained["history"], Path(trained["checkpoint"]), "local" if local else "ray",
-                 trained["grids"])
+    with mlflow_step("logging the training"):
+        log_training(run_id, trained["history"], Path(trained["checkpoint"]), "local" if local else "ray",
+                     trained["grids"])
 
 
 @flow(name="train", log_prints=True, flow_run_name=run_name("train"))

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow, task
 
 from components.params import Params
-from components.tracking import log_tune, tracked_run
+from components.tracking import log_tune, mlflow_step, tracked_run
 from components.tuning import run_tune
 from pipelines.common import resolve, run_name
 
@@ -22,7 +22,8 @@ def search(root: str, params: Params) -> dict[str, Any]:
 
 @task(name="track-tune", retries=2, retry_delay_seconds=2)
 def track_tune(root: str, params: Params, run_id: str, result: dict[str, Any]) -> None:
-    log_tune(params, Path(root), run_id, result["trials"], Path(result["table"]))
+    with mlflow_step("logging the Tune trials"):
+        log_tune(params, Path(root), run_id, result["trials"], Path(result["table"]))
 
 
 @flow(name="tune", log_prints=True, flow_run_name=run_name("tune"))

@@ -33,6 +33,7 @@ def test_wrong_type_in_params_file(tmp_path: Path) -> None:
 def test_bad_set_override() -> None:
     res = metagen("train", "--local", "--set", "meta.inner_lr=-1")
     assert res.returncode == 2 and "meta.inner_lr: must be > 0, got -1" in res.stdout
+    assert "invalid --set override (meta.inner_lr=-1)" in res.stdout  # not "invalid params.yaml"
 
 
 def test_unreachable_prefect_api() -> None:

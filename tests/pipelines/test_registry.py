@@ -254,3 +254,22 @@ def test_register_retries_then_fails_and_moves_no_alias(prefect_api: str, mlflow
 
 def _versions_named(client, name: str) -> str:  # noqa: ANN001
     return _new_versions(client, name, 1)[0]
+
+
+def test_tracking_server_gone_mid_run_is_one_line_naming_server_and_step(mlflow_srv, tmp_path: Path) -> None:  # noqa: ANN001
+    """MLflow lost after the run started: the step that logs fails with one line naming the server
+    and the step (after MLflow's bounded retries), not a stack of HTTP tracebacks."""
+    from mlflow import MlflowClient
+
+    from components.tracking import log_training, mlflow_step
+
+    server, url = mlflow_srv
+    client = MlflowClient(url)
+    run_id = client.create_run(client.create_experiment("outage")).info.run_id
+    server.stop()
+    with pytest.raises(MetagenError) as err:
+        with mlflow_step("logging the training"):
+            log_training(run_id, [{"step": 1, "train_loss": 0.5}], tmp_path / "checkpoint.pt", "local")
+    message = str(err.value)
+    assert f"MLflow tracking server {url} unreachable while logging the training" in message
+    assert "\n" not in message and "metagen promote" in message
