@@ -19,3 +19,7 @@ class CheckpointError(MetagenError):
 
 class TrainingError(MetagenError):
     """Training cannot go on (e.g. a non-finite loss); nothing of that step is saved."""
+
+
+class ServerUnreachable(MetagenError):
+    """A server the pipeline talks to (MLflow, Prefect, Ray) does not answer: worth a retry."""

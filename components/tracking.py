@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from components.errors import MetagenError
+from components.errors import MetagenError, ServerUnreachable
 from components.evaluation.pictures import grid_image
 from components.net import check_health
 from components.params import Params, flatten
@@ -203,7 +203,7 @@ def mlflow_step(step: str) -> Iterator[None]:
             raise
         import mlflow
 
-        raise MetagenError(f"MLflow tracking server {mlflow.get_tracking_uri()} unreachable while {step} "
+        raise ServerUnreachable(f"MLflow tracking server {mlflow.get_tracking_uri()} unreachable while {step} "
                            f"({type(err).__name__}); what the step computed is kept on disk (checkpoints/, "
                            "reports/eval.json): when the server is back, `metagen evaluate` / `metagen promote` "
                            "re-track it") from None

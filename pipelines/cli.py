@@ -22,6 +22,15 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a v
 ProjectOpt = Annotated[Path, typer.Option("--project-dir", help="repository root (DVC and git)")]
 
 
+@app.callback()
+def _options(verbose: Annotated[bool, typer.Option("--verbose", help="DEBUG logs and the tracebacks of "
+                                                   "errors (a metagen error is otherwise one line)")] = False) -> None:
+    if verbose:
+        from pipelines.runtime import configure_logging
+
+        configure_logging(verbose=True)
+
+
 def _load(params_path: Path, overrides: list[str] | None):  # noqa: ANN202
     from components.params import load_params
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.data.lineage import raw_md5
+from components.errors import MetagenError, ServerUnreachable
 from components.params import Params, load_params
 
 
@@ -30,6 +31,13 @@ def run_name(kind: str) -> Callable[[], str]:
         return f"{kind}-{(raw_md5(root) or 'new')[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     return name
+
+
+def retry_unless_user_error(task: object, task_run: object, state: object) -> bool:
+    """Prefect ``retry_condition_fn``: retry transient failures (an unreachable server, an
+    unexpected error), never a :class:`MetagenError` the user must fix first (bad input)."""
+    exc = state.result(raise_on_failure=False)  # type: ignore[attr-defined]
+    return isinstance(exc, ServerUnreachable) or not isinstance(exc, MetagenError)
 
 
 def rename_flow_run(kind: str, data_md5: str | None) -> str:

@@ -14,7 +14,7 @@ from components.meta.trainer import load_learner
 from components.params import Params
 from components.registry import load_registered_learner
 from components.tracking import log_evaluation, mlflow_step, tracked_run
-from pipelines.common import resolve, run_name
+from pipelines.common import resolve, retry_unless_user_error, run_name
 
 
 @task(name="feature-extractor")
@@ -37,7 +37,8 @@ def run_evaluation(root: str, params: Params, checkpoint: str | None, model_uri:
             "markdown": out.markdown_path.read_text()}
 
 
-@task(name="track-evaluation", retries=2, retry_delay_seconds=2)
+@task(name="track-evaluation", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_unless_user_error)
 def track_evaluation(root: str, params: Params, run_id: str, result: dict[str, Any]) -> None:
     with mlflow_step("logging the evaluation"):
         log_evaluation(params, Path(root), run_id, result["report"], [Path(f) for f in result["files"]])

@@ -8,20 +8,23 @@ from typing import Any
 
 from prefect import flow, task
 
+from components.errors import MetagenError
 from components.params import Params
 from components.registry import GateRules, promote as apply_gate, register_checkpoint, score_registered
 from components.tracking import configure, mlflow_step, tracked_run
-from pipelines.common import resolve, run_name
+from pipelines.common import resolve, retry_unless_user_error, run_name
 
 
-@task(name="register-model", retries=2, retry_delay_seconds=3)
+@task(name="register-model", retries=2, retry_delay_seconds=3,
+      retry_condition_fn=retry_unless_user_error)
 def register_model(root: str, params: Params, run_id: str, checkpoint: str, tags: dict[str, str]) -> str:
     with mlflow_step("registering the model"):
         configure(params, Path(root))
         return register_checkpoint(run_id, Path(checkpoint), params, Path(root) / params.data.prepared_dir, tags)
 
 
-@task(name="promotion-gate", retries=2, retry_delay_seconds=3)
+@task(name="promotion-gate", retries=2, retry_delay_seconds=3,
+      retry_condition_fn=retry_unless_user_error)
 def gate(root: str, params: Params, version: str, report: dict[str, Any]) -> dict[str, Any]:
     base = Path(root)
     name = params.registry.model_name
@@ -47,7 +50,12 @@ def promote(root: str = ".", params_path: str = "params.yaml", overrides: list[s
     """Register ``checkpoint`` (logged on ``run_id``) and gate it on ``report`` (an eval.json)."""
     base, params = resolve(root, params_path, overrides, params)
     checkpoint = checkpoint or str(base / params.train.checkpoint_dir / "checkpoint.pt")
-    report = report or json.loads((base / params.eval.reports_dir / "eval.json").read_text())
+    if report is None:
+        path = base / params.eval.reports_dir / "eval.json"
+        if not path.is_file():
+            raise MetagenError(f"{path} not found: `metagen promote` gates on the evaluation's report; "
+                               "run `metagen evaluate` first (or `metagen run`)")
+        report = json.loads(path.read_text())
     with tracked_run(params, base, "promote", run_id or None, extra_tags={"train.checkpoint": checkpoint}) as run_id:
         version = register_model(str(base), params, run_id, checkpoint, version_tags(report, tags))
         decision = gate(str(base), params, version, report)

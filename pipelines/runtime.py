@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from components.errors import MetagenError
+
 OFFLINE_DEFAULTS = {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -29,6 +31,17 @@ def apply_offline_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+class HideUserErrorTracebacks(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback; for a :class:`MetagenError` (bad
+    input, unreachable server: the user acts on its one line) keep the line, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, MetagenError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure_logging(verbose: bool = False) -> None:
     from rich.logging import RichHandler
 
@@ -40,6 +53,13 @@ def configure_logging(verbose: bool = False) -> None:
     )
     for noisy in ("dvc", "dvc_data", "dvc_objects", "filelock", "urllib3", "matplotlib", "PIL", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    hide = HideUserErrorTracebacks()
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, HideUserErrorTracebacks)]:
+            logger.removeFilter(f)
+        if not verbose:
+            logger.addFilter(hide)
 
 
 def check_prefect_api(timeout: float = 5.0) -> None:

@@ -11,7 +11,7 @@ from components.meta.trainer import TrainResult, train_local
 from components.params import Params
 from components.tracking import log_training, mlflow_step, tracked_run
 from components.training import train_distributed
-from pipelines.common import resolve, run_name
+from pipelines.common import resolve, retry_unless_user_error, run_name
 
 
 @task(name="meta-train")
@@ -23,7 +23,8 @@ def meta_train(root: str, params: Params, local: bool) -> dict[str, Any]:
             "final_val_loss": result.final_val_loss, "grids": result.grids}
 
 
-@task(name="track-training", retries=2, retry_delay_seconds=2)
+@task(name="track-training", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_unless_user_error)
 def track_training(run_id: str, trained: dict[str, Any], local: bool) -> None:
     with mlflow_step("logging the training"):
         log_training(run_id, trained["history"], Path(trained["checkpoint"]), "local" if local else "ray",

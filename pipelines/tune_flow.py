@@ -10,7 +10,7 @@ from prefect import flow, task
 from components.params import Params
 from components.tracking import log_tune, mlflow_step, tracked_run
 from components.tuning import run_tune
-from pipelines.common import resolve, run_name
+from pipelines.common import resolve, retry_unless_user_error, run_name
 
 
 @task(name="ray-tune")
@@ -20,7 +20,8 @@ def search(root: str, params: Params) -> dict[str, Any]:
             "table": str(out.table_path)}
 
 
-@task(name="track-tune", retries=2, retry_delay_seconds=2)
+@task(name="track-tune", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_unless_user_error)
 def track_tune(root: str, params: Params, run_id: str, result: dict[str, Any]) -> None:
     with mlflow_step("logging the Tune trials"):
         log_tune(params, Path(root), run_id, result["trials"], Path(result["table"]))

@@ -73,3 +73,15 @@ def test_dead_ray_address_is_refused_before_anything_starts(tmp_path: Path) -> N
     assert f"cannot reach the Ray cluster at '{address}'" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr
     assert not store.exists()
+
+
+def test_an_error_inside_a_flow_is_one_line_without_tracebacks(tmp_path: Path) -> None:
+    """A MetagenError raised inside a Prefect flow: Prefect's logs keep its line but not its
+    traceback (unless --verbose), the CLI ends with one `error:` line and exit 2."""
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    env = {"PREFECT_API_URL": "", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    res = metagen("promote", "--project-dir", str(tmp_path), env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2
+    assert "error:" in res.stdout and "eval.json not found" in res.stdout and "metagen evaluate" in res.stdout
+    assert "Traceback" not in out
