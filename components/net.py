@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from components.errors import MetagenError
+from components.errors import MetagenError, ServerUnreachable
 
 
 def check_health(url: str, what: str, timeout: float = 5.0) -> None:
@@ -15,4 +15,4 @@ def check_health(url: str, what: str, timeout: float = 5.0) -> None:
             if resp.status != 200:
                 raise MetagenError(f"{what} at {url} answered /health with HTTP {resp.status}")
     except (urllib.error.URLError, OSError) as err:
-        raise MetagenError(f"{what} unreachable at {url}: {err}") from None
+        raise ServerUnreachable(f"{what} unreachable at {url}: {err}") from None

@@ -210,7 +210,7 @@ def mlflow_step(step: str) -> Iterator[None]:
 
 
 def log_training(run_id: str, history: list[dict[str, float]], checkpoint: Path, backend: str,
-                 grids: dict[int, Any] | None = None) -> None:
+                 grids: dict[int, Any] | None = None, resumed_from: list[int] | None = None) -> None:
     """The per-step metrics, and the validation samples as one image series (``validation_samples``,
     one image per validation step: the MLflow UI's slider shows the generator improve)."""
     from mlflow import MlflowClient
@@ -219,6 +219,9 @@ def log_training(run_id: str, history: list[dict[str, float]], checkpoint: Path,
     log_history(client, run_id, history)
     client.set_tag(run_id, "train.backend", backend)
     client.set_tag(run_id, "train.checkpoint", str(checkpoint))
+    if resumed_from:
+        client.set_tag(run_id, "train.worker_restarts", str(len(resumed_from)))
+        client.set_tag(run_id, "train.resumed_from_steps", ",".join(map(str, resumed_from)))
     for step, grid in sorted((grids or {}).items()):
         title = f"meta-val classes at step {step}: K supports | samples after adapting"
         client.log_image(run_id, grid_image(grid, title), key="validation_samples", step=int(step))

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from components.data.prepare import load_split
-from components.errors import MetagenError
+from components.errors import MetagenError, ServerUnreachable
 from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from components.meta.learner import MetaLearner
 from components.meta.trainer import (
@@ -148,7 +148,7 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as err:
-        raise MetagenError(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
+        raise ServerUnreachable(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
 
 
 def init_ray(params: Params) -> None:
@@ -164,7 +164,7 @@ def init_ray(params: Params) -> None:
         try:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         except (ConnectionError, RuntimeError) as err:
-            raise MetagenError(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
+            raise ServerUnreachable(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False, runtime_env=runtime_env,
                  include_dashboard=True, dashboard_host="127.0.0.1")
@@ -215,5 +215,10 @@ def train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: s
         payload = load_checkpoint(Path(d))
     out = Path(out_dir) / FILENAME
     save_checkpoint(out, {k: v for k, v in payload.items() if k != "format"})
+    run_dir = Path(params.train.storage_path).resolve() / name
+    resumed = sorted({int(s["resumed_from"]) for s in worker_summaries(run_dir) if s.get("resumed_from") is not None})
+    if resumed:
+        log.warning("Ray Train run %s: the worker group failed and was restarted, resuming from the checkpoint "
+                    "of step %s (see %s)", name, ", ".join(map(str, resumed)), run_dir)
     return TrainResult(checkpoint=out, step=int(payload["step"]), history=list(payload["history"]),
-                       grids=dict(payload.get("val_grids") or {}))
+                       grids=dict(payload.get("val_grids") or {}), resumed_from=resumed)

@@ -6,6 +6,7 @@ that point outside the destination, and device files are refused with the member
 
 from __future__ import annotations
 
+import gzip
 import stat
 import tarfile
 import zipfile
@@ -40,6 +41,26 @@ def _inside(base: PurePosixPath, link_parent: PurePosixPath, target: str) -> boo
     return True
 
 
+def _check_size(archive: Path, count: int, total: int, max_members: int, max_bytes: int) -> None:
+    if count > max_members:
+        raise DataError(f"{archive}: {count} members exceed data.max_archive_members ({max_members}); "
+                        "refused (nothing extracted)")
+    if total > max_bytes:
+        raise DataError(f"{archive}: {total} bytes once extracted exceed data.max_archive_bytes ({max_bytes}); "
+                        "refused (nothing extracted)")
+
+
+def _verify_gzip(archive: Path) -> None:
+    """Read the compressed stream to its end: a truncated file or a bad CRC raises here (tarfile
+    alone stops at the last member and never reaches the gzip trailer)."""
+    try:
+        with gzip.open(archive, "rb") as stream:
+            while stream.read(1 << 20):
+                pass
+    except (OSError, EOFError) as err:
+        raise DataError(f"{archive}: corrupt or truncated gzip stream ({err}); refused (nothing extracted)") from None
+
+
 def _check_zip(archive: Path, zf: zipfile.ZipFile) -> None:
     for info in zf.infolist():
         _check_member_name(archive, info.filename)
@@ -63,10 +84,11 @@ def _check_tar(archive: Path, tf: tarfile.TarFile) -> None:
             raise DataError(f"{archive}: member {member.name!r} is a device or special file; refused")
 
 
-def extract_archive(archive: Path, dest: Path) -> Path:
-    """Extract ``archive`` into ``dest`` after checking every member; return the image root.
-
-    If the archive holds one top-level folder and nothing else, that folder is the root.
+def extract_archive(archive: Path, dest: Path, max_members: int = 100_000, max_bytes: int = 8 * 2**30) -> Path:
+    """Extract ``archive`` into ``dest`` after checking every member, the member count and the
+    extracted size against the caps, and the archive's checksums (zip CRCs, the gzip trailer);
+    return the image root. If the archive holds one top-level folder and nothing else, that
+    folder is the root.
     """
     if not archive.is_file():
         raise DataError(f"archive not found: {archive}")
@@ -75,10 +97,19 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         if name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 _check_zip(archive, zf)
+                infos = zf.infolist()
+                _check_size(archive, len(infos), sum(i.file_size for i in infos), max_members, max_bytes)
+                bad = zf.testzip()
+                if bad is not None:
+                    raise DataError(f"{archive}: member {bad!r} fails its CRC check; refused (nothing extracted)")
                 zf.extractall(dest)
         elif name.endswith((".tar", ".tar.gz", ".tgz")):
+            if name.endswith((".gz", ".tgz")):
+                _verify_gzip(archive)
             with tarfile.open(archive) as tf:
                 _check_tar(archive, tf)
+                members = tf.getmembers()
+                _check_size(archive, len(members), sum(m.size for m in members), max_members, max_bytes)
                 tf.extractall(dest, filter="data")
         else:
             raise DataError(f"{archive}: unsupported archive type; expected one of {', '.join(ARCHIVE_SUFFIXES)}")

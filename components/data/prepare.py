@@ -97,6 +97,10 @@ def check_disjoint(decoded: DecodedClasses, assignment: dict[str, list[str]]) ->
 def build_splits(decoded: DecodedClasses, params: DataParams) -> dict[str, Split]:
     assignment = split_classes(list(decoded.arrays), params.split)
     check_disjoint(decoded, assignment)
+    if len(assignment["train"]) < 2:
+        log.warning("the meta-train split holds %d class(es) (%s): every task would come from the same class, "
+                    "so nothing teaches the generator to adapt; add classes or raise data.split.fractions[0]",
+                    len(assignment["train"]), ", ".join(assignment["train"]) or "none")
     splits = {}
     for name in SPLITS:
         classes = assignment[name]

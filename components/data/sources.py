@@ -174,6 +174,6 @@ def materialize_source(params: DataParams, dest: Path) -> FolderListing:
         return _copy_listing(scan_celeba(src), dest)
     if params.source == "archive":
         with tempfile.TemporaryDirectory(prefix="metagen-archive-") as tmp:
-            root = extract_archive(src, Path(tmp))
+            root = extract_archive(src, Path(tmp), params.max_archive_members, params.max_archive_bytes)
             return _copy_listing(scan_image_folder(root), dest)
     raise DataError(f"data.source: unknown source {params.source!r}")

@@ -169,6 +169,7 @@ class TrainResult:
     step: int
     history: list[dict[str, float]]
     grids: dict[int, torch.Tensor] = field(default_factory=dict)
+    resumed_from: list[int] = field(default_factory=list)  # Ray Train: steps a restarted worker group resumed from
 
     @property
     def final_val_loss(self) -> float | None:

@@ -72,6 +72,7 @@ def test_killed_worker_resumes_from_checkpoint(local_ray: None, tmp_path: Path, 
     # resumed from a checkpoint (a multiple of 4) at most two intervals before the failure at step 10
     assert start is not None and start % 4 == 0 and 10 - 8 <= 10 - start <= 8
     assert all(s["first_step"] == start + 1 and s["last_step"] == 16 for s in summaries)
+    assert result.resumed_from == [start]  # reported by metagen (a warning, and tags on the MLflow run)
     final = load_learner(result.checkpoint)
     assert final.state.step == 16
     steps = [h["step"] for h in final.state.history]

@@ -166,3 +166,18 @@ def test_failed_step_marks_the_run_failed(prefect_api: str, mlflow_srv, project:
     assert failed.info.status == "FAILED"
     assert "no-inception.pth" in failed.data.tags["metagen.error"]
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+
+
+def test_standalone_train_records_the_data_version(prefect_api: str, mlflow_srv, project: Path) -> None:  # noqa: ANN001
+    """`metagen train` alone (not inside `retrain`) tags its run with the data version DVC holds."""
+    from mlflow import MlflowClient
+
+    from pipelines.ingest_flow import ingest
+    from pipelines.train_flow import train
+
+    data = ingest(str(project), "params.yaml", TINY)
+    out = train(str(project), "params.yaml", TINY, local=True)
+    run = MlflowClient(mlflow_srv[1]).get_run(out["run_id"])
+    assert run.data.tags["data.raw_md5"] == data["raw_md5"]
+    assert run.data.tags["data.prepared_md5"] == data["prepared_md5"]
+    assert run.inputs.dataset_inputs[0].dataset.digest == data["raw_md5"]

@@ -70,3 +70,61 @@ def test_the_same_image_in_two_splits_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"same bytes as .*img00\d\.png.*two splits"):
         prepare(root, tmp_path / "prepared", params.data)
     assert not (tmp_path / "prepared").exists()
+
+
+def _archive_tree(tmp_path: Path) -> Path:
+    return write_tree(tmp_path / "tree", {f"class{i}": 3 for i in range(2)})
+
+
+def test_a_truncated_tar_gz_is_refused(tmp_path: Path) -> None:
+    import tarfile
+
+    from components.data.archive import extract_archive
+
+    archive = tmp_path / "chars.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(_archive_tree(tmp_path), arcname="imgs")
+    archive.write_bytes(archive.read_bytes()[:-30])  # the gzip trailer (CRC and size) is gone
+    with pytest.raises(DataError, match=r"chars.tar.gz: corrupt or truncated gzip"):
+        extract_archive(archive, tmp_path / "out")
+    assert not any((tmp_path / "out").glob("**/*.png"))
+
+
+def test_a_zip_member_with_a_bad_crc_is_refused(tmp_path: Path) -> None:
+    import zipfile
+
+    from components.data.archive import extract_archive
+
+    archive = tmp_path / "chars.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(_archive_tree(tmp_path).rglob("*.png")):
+            zf.write(p, f"imgs/{p.parent.name}/{p.name}")
+    blob = bytearray(archive.read_bytes())
+    start = blob.index(b"IDAT") + 8  # a byte of the first image's pixel data (stored, not deflated)
+    blob[start] ^= 0xFF
+    archive.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match=r"chars.zip: member 'imgs/class0/img000.png' fails its CRC check"):
+        extract_archive(archive, tmp_path / "out")
+
+
+def test_archive_member_and_size_caps(tmp_path: Path) -> None:
+    import tarfile
+
+    from components.data.archive import extract_archive
+
+    archive = tmp_path / "chars.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(_archive_tree(tmp_path), arcname="imgs")
+    with pytest.raises(DataError, match=r"members exceed data.max_archive_members \(3\)"):
+        extract_archive(archive, tmp_path / "a", max_members=3)
+    with pytest.raises(DataError, match=r"bytes once extracted exceed data.max_archive_bytes \(100\)"):
+        extract_archive(archive, tmp_path / "b", max_bytes=100)
+    assert extract_archive(archive, tmp_path / "c").name == "imgs"
+
+
+def test_a_one_class_meta_train_split_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_tree(tmp_path / "tree", {f"class{i}": 6 for i in range(3)})
+    params = make_params(*small_data_overrides(root), "data.split.fractions=[0.34, 0.33, 0.33]")
+    with caplog.at_level("WARNING"):
+        prepare(root, tmp_path / "prepared", params.data)
+    assert "meta-train split holds 1 class(es)" in caplog.text
