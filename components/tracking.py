@@ -173,6 +173,10 @@ def tracked_run(params: Params, root: Path, run_name: str, run_id: str | None = 
     """A run's whole lifecycle: created here and FINISHED when the block ends, or FAILED (the error
     in the ``metagen.error`` tag) when it raises. Given ``run_id`` (a step of a larger run), the
     block writes to that run and its owner ends it."""
+    try:  # a server that went away since the pre-flight fails the step now, not after its compute
+        check_reachable(tracking_uri(params, root))
+    except ServerUnreachable as err:
+        raise ServerUnreachable(f"{err} (before the {run_name} step)") from None
     if run_id is not None:
         yield run_id
         return
@@ -205,8 +209,8 @@ def mlflow_step(step: str) -> Iterator[None]:
 
         raise ServerUnreachable(f"MLflow tracking server {mlflow.get_tracking_uri()} unreachable while {step} "
                            f"({type(err).__name__}); what the step computed is kept on disk (checkpoints/, "
-                           "reports/eval.json): when the server is back, `metagen evaluate` / `metagen promote` "
-                           "re-track it") from None
+                           "reports/eval.json): when the server is back, `metagen promote` registers and gates "
+                           "that checkpoint and evaluation without recomputing them") from None
 
 
 def log_training(run_id: str, history: list[dict[str, float]], checkpoint: Path, backend: str,

@@ -40,9 +40,14 @@ class IngestResult:
 
 
 def _snapshot_and_check(params: Params, staging: Path) -> int:
-    materialize_source(params.data, staging)
-    decoded = decode_classes(scan_image_folder(staging), params.data)
-    build_splits(decoded, params.data)
+    """Copy the source into ``staging`` and check that it prepares; errors name the user's files,
+    never the temporary copies."""
+    copied = materialize_source(params.data, staging)
+    try:
+        decoded = decode_classes(scan_image_folder(staging), params.data, copied.name)
+        build_splits(decoded, params.data)
+    except DataError as err:
+        raise type(err)(copied.name(str(err))) from None
     return len(decoded.arrays)
 
 

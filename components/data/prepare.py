@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,9 @@ class Split:
         return [self.images[self.labels == i] for i in range(len(self.classes))]
 
 
-def decode_classes(listing: FolderListing, params: DataParams) -> DecodedClasses:
-    """Decode every image, apply ``on_bad_image`` and drop classes under ``min_images_per_class``."""
+def decode_classes(listing: FolderListing, params: DataParams, name: Callable[[str], str] = str) -> DecodedClasses:
+    """Decode every image, apply ``on_bad_image`` and drop classes under ``min_images_per_class``;
+    ``name`` rewrites a message's paths for the user (a snapshot's copies -> the source files)."""
     out = DecodedClasses(arrays={}, ignored=len(listing.ignored))
     for cls, files in listing.classes.items():
         images = []
@@ -61,8 +63,8 @@ def decode_classes(listing: FolderListing, params: DataParams) -> DecodedClasses
                     out.converted[note] = out.converted.get(note, 0) + 1
             except BadImageError as err:
                 if params.on_bad_image == "fail":
-                    raise DataError(f"{err} (data.on_bad_image is 'fail')") from None
-                log.warning("skipping bad image %s", err)
+                    raise DataError(f"{name(str(err))} (data.on_bad_image is 'fail')") from None
+                log.warning("skipping bad image %s", name(str(err)))
                 out.skipped.append(str(path))
         if len(images) < params.min_images_per_class:
             log.warning(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,14 @@ class FolderListing:
 
     classes: dict[str, list[Path]]
     ignored: list[Path] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)  # a copied file -> the user's file it came from
+
+    def name(self, text: str) -> str:
+        """``text`` with the snapshot's own paths replaced by the user's files they were copied from."""
+        for copied, origin in self.origins.items():
+            if copied in text:
+                text = text.replace(copied, origin)
+        return text
 
 
 def scan_image_folder(root: Path) -> FolderListing:
@@ -149,8 +158,11 @@ def export_digits(dest: Path) -> FolderListing:
     return FolderListing(classes=dict(sorted(classes.items())))
 
 
-def _copy_listing(listing: FolderListing, dest: Path) -> FolderListing:
+def _copy_listing(listing: FolderListing, dest: Path, origin: Callable[[Path], str] = str) -> FolderListing:
+    """Copy the listed images into ``dest/<class>/``; remember where each copy came from (``origin``
+    names a source file as the user knows it), so that errors about a copy name the user's file."""
     out: dict[str, list[Path]] = {}
+    origins: dict[str, str] = {}
     for cls, files in listing.classes.items():
         folder = dest / cls
         folder.mkdir(parents=True, exist_ok=True)
@@ -158,7 +170,8 @@ def _copy_listing(listing: FolderListing, dest: Path) -> FolderListing:
             target = folder / src.name
             shutil.copyfile(src, target)
             out.setdefault(cls, []).append(target)
-    return FolderListing(classes=out, ignored=listing.ignored)
+            origins[str(target)] = origin(src)
+    return FolderListing(classes=out, ignored=listing.ignored, origins=origins)
 
 
 def materialize_source(params: DataParams, dest: Path) -> FolderListing:
@@ -175,5 +188,5 @@ def materialize_source(params: DataParams, dest: Path) -> FolderListing:
     if params.source == "archive":
         with tempfile.TemporaryDirectory(prefix="metagen-archive-") as tmp:
             root = extract_archive(src, Path(tmp), params.max_archive_members, params.max_archive_bytes)
-            return _copy_listing(scan_image_folder(root), dest)
+            return _copy_listing(scan_image_folder(root), dest, lambda p: f"{src}:{p.relative_to(tmp).as_posix()}")
     raise DataError(f"data.source: unknown source {params.source!r}")

@@ -128,3 +128,29 @@ def test_a_one_class_meta_train_split_is_said(tmp_path: Path, caplog: pytest.Log
     with caplog.at_level("WARNING"):
         prepare(root, tmp_path / "prepared", params.data)
     assert "meta-train split holds 1 class(es)" in caplog.text
+
+
+def test_errors_name_the_users_files_not_temporary_copies(tmp_path: Path) -> None:
+    """The snapshot is checked in a temporary copy: a bad image is named as the user's file (in a
+    folder, or `archive:member`), never as the copy, and nothing is left behind."""
+    import tarfile
+
+    from components.data.ingest import ingest
+
+    root = write_tree(tmp_path / "tree", {f"class{i}": 6 for i in range(4)})
+    (root / "class2" / "img003.png").write_bytes(b"not a png")
+    project = tmp_path / "project"
+    project.mkdir()
+    params = make_params(*small_data_overrides(root), "data.on_bad_image=fail")
+    with pytest.raises(DataError) as err:
+        ingest(project, params)
+    assert str(root / "class2" / "img003.png") in str(err.value) and ".data.new-" not in str(err.value)
+
+    archive = tmp_path / "chars.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(root, arcname="imgs")
+    params = make_params(*small_data_overrides(archive, "archive"), "data.on_bad_image=fail")
+    with pytest.raises(DataError) as err:
+        ingest(project, params)
+    assert f"{archive}:imgs/class2/img003.png" in str(err.value) and "metagen-archive-" not in str(err.value)
+    assert sorted(p.name for p in project.iterdir()) == []
