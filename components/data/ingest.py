@@ -7,6 +7,7 @@ afterwards, ``data/``, ``data.dvc`` and ``params.yaml`` are put back as they wer
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import sklearn
 
 from components.data.dvc_ops import dvc_add, dvc_pull, dvc_push, dvc_repro
 from components.data.lineage import DataVersion, data_version, raw_md5
-from components.data.prepare import build_splits, decode_classes
+from components.data.prepare import SOURCE_NOTE, build_splits, decode_classes
 from components.data.sources import materialize_source, scan_image_folder
 from components.errors import DataError
 from components.params import Params
@@ -43,6 +44,8 @@ def _snapshot_and_check(params: Params, staging: Path) -> int:
     """Copy the source into ``staging`` and check that it prepares; errors name the user's files,
     never the temporary copies."""
     copied = materialize_source(params.data, staging)
+    # what the copy left out, for prepare's manifest (hidden: not an image, not a class)
+    (staging / SOURCE_NOTE).write_text(json.dumps({"ignored_non_image_files": len(copied.ignored)}) + "\n")
     try:
         decoded = decode_classes(scan_image_folder(staging), params.data, copied.name)
         build_splits(decoded, params.data)

@@ -112,10 +112,17 @@ def build_splits(decoded: DecodedClasses, params: DataParams) -> dict[str, Split
     return splits
 
 
+SOURCE_NOTE = ".metagen-source.json"  # written into data/ by the ingest: what the copy left out
+
+
 def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict[str, Any]:
     """Read the raw tree, build the splits and write them atomically; return the manifest."""
     listing = scan_image_folder(raw_dir)
     decoded = decode_classes(listing, params)
+    note = Path(raw_dir) / SOURCE_NOTE
+    left_out = int(json.loads(note.read_text()).get("ignored_non_image_files", 0)) if note.is_file() else 0
+    if decoded.converted:
+        log.info("converted images: %s", decoded.converted)
     splits = build_splits(decoded, params)
     with atomic_dir(out_dir) as staging:
         manifest: dict[str, Any] = {
@@ -126,7 +133,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict[str, Any]:
             "dropped_classes": decoded.dropped,
             "skipped_images": {"count": len(decoded.skipped), "files": decoded.skipped},
             "converted_images": decoded.converted,
-            "ignored_non_image_files": decoded.ignored,
+            "ignored_non_image_files": decoded.ignored + left_out,
         }
         for name, split in splits.items():
             path = staging / f"{name}.npz"

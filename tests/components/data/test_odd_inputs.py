@@ -154,3 +154,20 @@ def test_errors_name_the_users_files_not_temporary_copies(tmp_path: Path) -> Non
         ingest(project, params)
     assert f"{archive}:imgs/class2/img003.png" in str(err.value) and "metagen-archive-" not in str(err.value)
     assert sorted(p.name for p in project.iterdir()) == []
+
+
+def test_the_manifest_counts_what_the_source_copy_left_out(tmp_path: Path) -> None:
+    """Non-image files of the source are not copied into data/; the manifest still counts them
+    (it said 0 while the log said 99,890)."""
+    from components.data.ingest import _snapshot_and_check
+
+    root = write_tree(tmp_path / "tree", {f"class{i}": 6 for i in range(4)})
+    for i in range(3):
+        (root / "class1" / f"notes{i}.txt").write_text("not an image")
+    params = make_params(*small_data_overrides(root))
+    staging = tmp_path / "snapshot"
+    staging.mkdir()
+    _snapshot_and_check(params, staging)
+    assert not list(staging.rglob("*.txt"))
+    manifest = prepare(staging, tmp_path / "prepared", params.data)
+    assert manifest["ignored_non_image_files"] == 3
