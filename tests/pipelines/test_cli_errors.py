@@ -85,3 +85,10 @@ def test_an_error_inside_a_flow_is_one_line_without_tracebacks(tmp_path: Path) -
     assert res.returncode == 2
     assert "error:" in res.stdout and "eval.json not found" in res.stdout and "metagen evaluate" in res.stdout
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_non_finite_float_params_are_refused(value: str) -> None:
+    """`--set meta.inner_lr=.inf` trained on NaN losses and exited 0: refused, naming the key."""
+    res = metagen("train", "--local", "--set", f"meta.inner_lr={value}")
+    assert res.returncode == 2 and "meta.inner_lr" in res.stdout and "finite" in res.stdout.lower()
