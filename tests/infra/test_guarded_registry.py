@@ -37,6 +37,10 @@ def _admin_client(monkeypatch: pytest.MonkeyPatch, url: str, admin: tuple[str, s
 
 
 def _as(monkeypatch: pytest.MonkeyPatch, url: str, who: tuple[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(url)  # a URI set by an earlier test would win over the environment
+    mlflow.set_registry_uri(url)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", who[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", who[1])
@@ -69,14 +73,14 @@ def test_only_the_pipeline_user_moves_champion(auth_server, monkeypatch: pytest.
     # the reader sees the model and its champion, but cannot move the alias or tag versions
     _as(monkeypatch, url, reader)
     client = MlflowClient()
-    assert client.get_model_version_by_alias(NAME, "champion").version == v1
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == v1
     with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
         client.set_registered_model_alias(NAME, "champion", v2)
     with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
         client.set_model_version_tag(NAME, v2, "gate.decision", "promoted")
-    assert client.get_model_version_by_alias(NAME, "champion").version == v1
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == v1
 
     # the pipeline's user promotes the better version through the gate
     _as(monkeypatch, url, pipeline)
     assert promote(NAME, v2, _report(5.0), rules, lambda v: 0.0).decision == "promoted"
-    assert MlflowClient().get_model_version_by_alias(NAME, "champion").version == v2
+    assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == v2

@@ -263,7 +263,10 @@ def test_tracking_server_gone_mid_run_is_one_line_naming_server_and_step(mlflow_
 
     from components.tracking import log_training, mlflow_step
 
+    import mlflow
+
     server, url = mlflow_srv
+    mlflow.set_tracking_uri(url)  # the process-wide URI the logging uses (another test may have set it)
     client = MlflowClient(url)
     run_id = client.create_run(client.create_experiment("outage")).info.run_id
     server.stop()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from components.data.lineage import data_version
-from tests.conftest import write_tree
+from tests.conftest import write_image, write_tree
 
 pytestmark = pytest.mark.integration
 METAGEN = str(Path(sys.executable).parent / "metagen")
@@ -77,7 +77,8 @@ def test_ingest_nested_tree_push_pull_and_lineage(repo: Path, tmp_path: Path) ->
     assert snapshot(repo) == before
 
     # a changed raw image changes both md5s
-    (tree / "Alpha" / "char1" / "img002.png").write_bytes((tree / "Beta" / "char2" / "img001.png").read_bytes())
+    write_image(tree / "Alpha" / "char1" / "img002.png", seed=99_999)  # new pixels (a copy of another
+    # class's image would now be refused: the same bytes in two splits)
     res = run([METAGEN, "ingest"], repo)
     assert "data changed" in res.stdout
     v2 = data_version(repo)
