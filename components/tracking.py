@@ -21,6 +21,7 @@ from components.errors import MetagenError, ServerUnreachable
 from components.evaluation.pictures import grid_image
 from components.net import check_health
 from components.params import Params, flatten
+from components.timing import phase
 
 log = logging.getLogger(__name__)
 ERROR_TAG = "metagen.error"
@@ -180,13 +181,15 @@ def tracked_run(params: Params, root: Path, run_name: str, run_id: str | None = 
     if run_id is not None:
         yield run_id
         return
-    run_id = start_run(params, root, run_name, data_version, parent_run_id, extra_tags)
+    with phase("mlflow start run", "overhead"):
+        run_id = start_run(params, root, run_name, data_version, parent_run_id, extra_tags)
     try:
         yield run_id
     except BaseException as err:
         fail_run(run_id, err)
         raise
-    finish_run(run_id)
+    with phase("mlflow end run", "overhead"):
+        finish_run(run_id)
 
 
 UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
@@ -291,6 +294,22 @@ def log_evaluation(params: Params, root: Path, run_id: str, report: dict[str, An
         finish_run(child)
     for f in files:
         client.log_artifact(run_id, str(f), "eval")
+
+
+def log_timings(run_id: str, summary: dict[str, Any], path: Path) -> None:
+    """Each phase's seconds as a ``timing.<phase>`` metric, and the JSON as an artifact."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from components.timing import metric_key
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(metric_key(name), entry["seconds"], now, 0) for name, entry in summary["phases"].items()]
+    metrics += [Metric(f"timing.{k}", summary[k], now, 0) for k in ("total_s", "overhead_s")]
+    client = MlflowClient()
+    for i in range(0, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[i : i + 900])
+    client.log_artifact(run_id, str(path))
 
 
 def describe_run(run_id: str, markdown: str) -> None:

@@ -38,6 +38,7 @@ from components.meta.trainer import (
 )
 from components.models.vae import VAEConfig
 from components.params import Params, validate_params
+from components.timing import phase
 
 log = logging.getLogger(__name__)
 FAULT_MARKER = ".fault_injected"
@@ -201,12 +202,14 @@ def train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: s
     """Fit with Ray Train and copy the final checkpoint to ``out_dir`` (same layout as ``train_local``)."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
-    init_ray(params)
+    with phase("ray start-up", "overhead"):
+        init_ray(params)
     name = name or f"metagen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     trainer = build_trainer(params, prepared_dir, Path(params.train.storage_path), name,
                             placement_strategy=placement_strategy)
     try:
-        result = trainer.fit()
+        with phase("ray train fit"):
+            result = trainer.fit()
     except TrainingFailedError as err:
         raise MetagenError(f"Ray Train run {name!r} failed after {params.train.max_failures} retries: {err}") from None
     if result.checkpoint is None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+
+_STARTED = time.perf_counter()  # the CLI's first import: its own start-up is counted from here
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -186,13 +190,18 @@ def run(
     set_: SetOpt = None,
     project_dir: ProjectOpt = Path("."),
 ) -> None:
-    """The whole retraining pipeline: ingest, (tune), train, evaluate, register, promote."""
-    import time
+    """The whole retraining pipeline: ingest, (tune), train, evaluate, register, promote; ends with
+    the time of each phase (also in reports/timings.json and the run's `timing.*` metrics)."""
+    from components.timing import TIMINGS
 
-    from pipelines.retrain_flow import retrain
-
-    params = _preflight(project_dir, params_path, set_)
+    TIMINGS.mark("process", _STARTED)
+    TIMINGS.add("cli start-up", time.perf_counter() - _STARTED, "overhead")
+    with TIMINGS.phase("imports", "overhead"):
+        from pipelines.retrain_flow import retrain
+    with TIMINGS.phase("pre-flight", "overhead"):
+        params = _preflight(project_dir, params_path, set_)
     start = time.perf_counter()
+    TIMINGS.mark("flow call")
     out = retrain(str(project_dir), str(params_path), list(set_ or []), local=local, params=params)
     d = out["decision"]
     console.rule("metagen retrain")
@@ -213,6 +222,23 @@ def run(
     console.print(f"  run {out['run_url']}\n  version {out['version_url']}")
     console.print("Prefect UI: prefect server start --host 127.0.0.1 --port 4200 (flow run "
                   f"{out['flow_run_name']}: its artifacts hold this table and the links)")
+    _print_timings(out["timings"], out["timings_path"])
+
+
+def _print_timings(summary: dict, path: str) -> None:
+    from rich.table import Table
+
+    from components.timing import table
+
+    t = Table(title=f"time per phase (s): total {summary['total_s']:.1f}, fixed overhead {summary['overhead_s']:.1f}",
+              title_justify="left")
+    t.add_column("phase")
+    t.add_column("s", justify="right")
+    t.add_column("kind")
+    for name, seconds, kind in table(summary):
+        t.add_row(name, f"{seconds:.1f}", kind)
+    console.print(t)
+    console.print(f"timings: {path}")
 
 
 @app.command()

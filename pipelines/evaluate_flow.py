@@ -13,6 +13,7 @@ from components.meta.adaptation import AdaptationRule
 from components.meta.trainer import load_learner
 from components.params import Params
 from components.registry import load_registered_learner
+from components.timing import phase
 from components.tracking import log_evaluation, mlflow_step, tracked_run
 from pipelines.common import resolve, retry_unless_user_error, run_name
 
@@ -52,8 +53,11 @@ def evaluate(root: str = ".", params_path: str = "params.yaml", overrides: list[
     checkpoint = checkpoint or (None if model_uri else str(base / params.train.checkpoint_dir))
     with tracked_run(params, base, "evaluate", run_id, extra_tags={"eval.model": model_uri or str(checkpoint)}) as run_id:
         if params.eval.extractor == "domain":
-            feature_extractor(str(base))
-        result = run_evaluation(str(base), params, checkpoint, model_uri)
-        track_evaluation(str(base), params, run_id, result)
+            with phase("feature extractor (dvc repro features)"):
+                feature_extractor(str(base))
+        with phase("few-shot evaluation"):
+            result = run_evaluation(str(base), params, checkpoint, model_uri)
+        with phase("mlflow logging", "overhead"):
+            track_evaluation(str(base), params, run_id, result)
     print(result["markdown"])
     return {**result, "run_id": run_id}

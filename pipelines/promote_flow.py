@@ -11,6 +11,7 @@ from prefect import flow, task
 from components.errors import MetagenError
 from components.params import Params
 from components.registry import GateRules, promote as apply_gate, register_checkpoint, score_registered
+from components.timing import phase
 from components.tracking import configure, mlflow_step, tracked_run
 from pipelines.common import resolve, retry_unless_user_error, run_name
 
@@ -57,7 +58,9 @@ def promote(root: str = ".", params_path: str = "params.yaml", overrides: list[s
                                "run `metagen evaluate` first (or `metagen run`)")
         report = json.loads(path.read_text())
     with tracked_run(params, base, "promote", run_id or None, extra_tags={"train.checkpoint": checkpoint}) as run_id:
-        version = register_model(str(base), params, run_id, checkpoint, version_tags(report, tags))
-        decision = gate(str(base), params, version, report)
+        with phase("register model", "overhead"):
+            version = register_model(str(base), params, run_id, checkpoint, version_tags(report, tags))
+        with phase("gate"):
+            decision = gate(str(base), params, version, report)
     print(f"model {params.registry.model_name} v{version}: {decision['decision']} ({decision['reason']})")
     return decision

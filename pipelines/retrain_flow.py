@@ -9,7 +9,8 @@ from prefect.runtime import flow_run
 
 from components.params import Params, with_updates
 from components.evaluation.report import run_summary
-from components.tracking import describe_run, lineage_tags, run_url, tracked_run, tracking_uri, version_url
+from components.timing import TIMINGS, phase, write as write_timings
+from components.tracking import describe_run, lineage_tags, log_timings, run_url, tracked_run, tracking_uri, version_url
 from pipelines.common import publish_artifacts, rename_flow_run, resolve, run_name
 from pipelines.evaluate_flow import evaluate
 from pipelines.ingest_flow import ingest
@@ -21,27 +22,43 @@ from pipelines.tune_flow import tune
 @flow(name="retrain", log_prints=True, flow_run_name=run_name("retrain"))
 def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
             local: bool = False, params: Params | None = None) -> dict[str, Any]:
+    if "flow call" not in TIMINGS.marks:  # not started by the CLI (a deployment, a test): time this flow alone
+        TIMINGS.clear()
+        TIMINGS.mark("process")
+    TIMINGS.add_since("flow call", "prefect start-up", "overhead")  # the CLI's call: the temporary server
     base, params = resolve(root, params_path, overrides, params)
     root = str(base)
-    data = ingest(root, params_path, overrides, params=params)
-    flow_run_label = rename_flow_run("retrain", data.get("raw_md5"))
+    with phase("ingest"):
+        data = ingest(root, params_path, overrides, params=params)
+    with phase("prefect calls", "overhead"):
+        flow_run_label = rename_flow_run("retrain", data.get("raw_md5"))
     with tracked_run(params, base, "retrain", data_version=data, extra_tags={"metagen.kind": "retrain"}) as run_id:
         trained_with = params
         if params.tune.enabled:
-            best = tune(root, run_id=run_id, params=params)
+            with phase("tune"):
+                best = tune(root, run_id=run_id, params=params)
             trained_with = with_updates(params, best["best_config"])
-        trained = train(root, local=local, run_id=run_id, params=trained_with)
-        evaluated = evaluate(root, checkpoint=trained["checkpoint"], run_id=run_id, params=trained_with)
-        decision = promote(root, run_id=run_id, checkpoint=trained["checkpoint"], report=evaluated["report"],
-                           tags=lineage_tags(trained_with, data), params=trained_with)
-        summary = run_summary(evaluated["report"], decision, params.registry.model_name)
-        describe_run(run_id, summary)
+        with phase("train"):
+            trained = train(root, local=local, run_id=run_id, params=trained_with)
+        with phase("evaluate"):
+            evaluated = evaluate(root, checkpoint=trained["checkpoint"], run_id=run_id, params=trained_with)
+        with phase("register and gate"):
+            decision = promote(root, run_id=run_id, checkpoint=trained["checkpoint"], report=evaluated["report"],
+                               tags=lineage_tags(trained_with, data), params=trained_with)
+        with phase("mlflow logging", "overhead"):
+            summary = run_summary(evaluated["report"], decision, params.registry.model_name)
+            describe_run(run_id, summary)
     uri, name, version = tracking_uri(params, base), params.registry.model_name, decision["version"]
     links = {"run_url": run_url(uri, run_id), "version_url": version_url(uri, name, version)}
-    publish_artifacts(summary, {
-        "mlflow-run": (links["run_url"], f"MLflow run {run_id} (metrics, grids, evaluation table)"),
-        "model-version": (links["version_url"], f"registered model {name} v{version} ({decision['decision']})"),
-    })
-    return {"run_id": run_id, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run_label, **links, "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
+    with phase("prefect calls", "overhead"):
+        publish_artifacts(summary, {
+            "mlflow-run": (links["run_url"], f"MLflow run {run_id} (metrics, grids, evaluation table)"),
+            "model-version": (links["version_url"], f"registered model {name} v{version} ({decision['decision']})"),
+        })
+    timings = TIMINGS.summary(total_s=TIMINGS.elapsed("process"))
+    TIMINGS.clear()
+    timings_path = write_timings(base / params.eval.reports_dir / "timings.json", timings)
+    log_timings(run_id, timings, timings_path)
+    return {"timings": timings, "timings_path": str(timings_path), "run_id": run_id, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run_label, **links, "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
             "report": evaluated["report"], "markdown": evaluated["markdown"], "files": evaluated["files"],
             "tracking_uri": tracking_uri(params, base), "model_name": params.registry.model_name}

@@ -10,6 +10,7 @@ from prefect import flow, task
 from components.data.lineage import data_version
 from components.meta.trainer import TrainResult, train_local
 from components.params import Params
+from components.timing import phase
 from components.tracking import log_training, mlflow_step, tracked_run
 from components.training import train_distributed
 from pipelines.common import resolve, retry_unless_user_error, run_name
@@ -40,7 +41,9 @@ def train(root: str = ".", params_path: str = "params.yaml", overrides: list[str
     if run_id is None and data is None:  # standalone: the data version DVC has for prepared/
         data = data_version(base, params.data.prepared_dir).__dict__
     with tracked_run(params, base, "train", run_id, data_version=data) as run_id:
-        trained = meta_train(str(base), params, local)
-        track_training(run_id, trained, local)
+        with phase("meta-train"):
+            trained = meta_train(str(base), params, local)
+        with phase("mlflow logging", "overhead"):
+            track_training(run_id, trained, local)
     print(f"checkpoint {trained['checkpoint']} at step {trained['step']}; val -ELBO {trained['final_val_loss']}")
     return {**trained, "run_id": run_id}

@@ -37,6 +37,7 @@ from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.models.vae import ConvVAE, VAEConfig, param_dict
 from components.params import Params
+from components.timing import phase
 
 log = logging.getLogger(__name__)
 DOMAIN_FILE = "domain.pt"
@@ -132,13 +133,15 @@ def score(
         val_feats = extractor.features(torch.from_numpy(val.images))
         for gen in baselines:
             notify(f"{gen.name}: choosing its adaptation lr on meta-val")
-            gen, by_lr = choose_lr(gen, val, val_feats, extractor, protocol, protocol.eval.baseline_lrs, "support",
-                                   max_copy_rate)
+            with phase(f"{gen.name} lr choice"):
+                gen, by_lr = choose_lr(gen, val, val_feats, extractor, protocol, protocol.eval.baseline_lrs,
+                                       "support", max_copy_rate)
             lr_choices[gen.name] = {"chosen": gen.lr, "by_lr": by_lr}
             chosen.append(gen)
     for gen in [*chosen, SupportReplay()]:
         notify(gen.name)
-        g_rows, g_samples = evaluate_generator(gen, test, test_feats, extractor, protocol, stats_cache=stats_cache)
+        with phase(gen.name):
+            g_rows, g_samples = evaluate_generator(gen, test, test_feats, extractor, protocol, stats_cache=stats_cache)
         rows += g_rows
         if not isinstance(gen, SupportReplay):
             samples[gen.name] = g_samples
@@ -168,15 +171,17 @@ def evaluate(
     """The meta-model vs ``pretrain`` vs ``scratch`` vs support replay, each sampling mode: the
     data, extractor and baselines loaded, :func:`score`, then the report, table and pictures."""
     ev = params.eval
-    train, val, test = (load_split(prepared_dir, s) for s in ("train", "val", "test"))
-    test = select_classes(test, ev.max_classes, ev.seed)
-    manifest = read_manifest(prepared_dir)
-    protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
-    extractor, extractor_acc = load_extractor(params, features_dir)
+    with phase("load data and extractor"):
+        train, val, test = (load_split(prepared_dir, s) for s in ("train", "val", "test"))
+        test = select_classes(test, ev.max_classes, ev.seed)
+        manifest = read_manifest(prepared_dir)
+        protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
+        extractor, extractor_acc = load_extractor(params, features_dir)
     gens: list[FinetuneGenerator] = []
     if baselines:
         plain = replace(learner.model.cfg, context_dim=0)  # the baselines: the same VAE without a context
-        pre_model = pretrained_baseline(params, plain, train, cache_dir, manifest["splits"]["train"]["sha256"])
+        with phase("pretrain baseline"):
+            pre_model = pretrained_baseline(params, plain, train, cache_dir, manifest["splits"]["train"]["sha256"])
         gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.baseline_steps),
                 FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
     scores = score(MetaGenerator(learner, rule), gens, test, select_classes(val, ev.lr_choice_classes, ev.seed + 1),
@@ -184,7 +189,8 @@ def evaluate(
                    step or (lambda _msg: None))
     rows = scores.rows
     out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = _pictures(out_dir, test, protocol, scores.samples, rows, history)
+    with phase("pictures"):
+        pictures = _pictures(out_dir, test, protocol, scores.samples, rows, history)
     report = {
         "protocol": {"digest": protocol.digest, **ev.model_dump(mode="json"), "k_shot": params.meta.k_shot,
                      "test_classes": test.classes},

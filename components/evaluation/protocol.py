@@ -30,6 +30,7 @@ from components.evaluation.frechet import cached_statistics, frechet_distance, k
 from components.evaluation.memorisation import copy_rate, prdc
 from components.meta.baselines import MODES, FewShotGenerator, FinetuneGenerator
 from components.params import EvalParams
+from components.timing import phase
 
 log = logging.getLogger(__name__)
 SAMPLE_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "copy_rate", "aug_acc")
@@ -98,7 +99,8 @@ def score_samples(
     fake = torch.cat(generated)
     if not torch.isfinite(fake).all():
         raise MetagenError(f"model {name!r} generated images with NaN or inf; refusing to compute FID")
-    fake_feats = extractor.features(fake)
+    with phase("features"):
+        fake_feats = extractor.features(fake)
     held = np.concatenate(episode.heldout)
     real = real_feats[held]
     s_fake = statistics(fake_feats, f"{name} generated features")
@@ -117,9 +119,11 @@ def score_samples(
         protocol.eval.copy_percentile)
     out["aug_acc"] = float("nan")
     if score_aug:
-        labels = torch.cat([torch.full((len(g),), c, dtype=torch.long) for c, g in enumerate(generated)])
-        clf = train_classifier(fake, labels, len(generated), protocol.eval.augment_steps, seed, width=32)
-        out["aug_acc"] = accuracy(clf, torch.from_numpy(split.images[held]), torch.from_numpy(split.labels[held]))
+        with phase("augmentation classifier"):
+            labels = torch.cat([torch.full((len(g),), c, dtype=torch.long) for c, g in enumerate(generated)])
+            clf = train_classifier(fake, labels, len(generated), protocol.eval.augment_steps, seed, width=32)
+            out["aug_acc"] = accuracy(clf, torch.from_numpy(split.images[held]),
+                                      torch.from_numpy(split.labels[held]))
     return out
 
 
@@ -142,14 +146,17 @@ def run_repeat(
     nlls = []
     for c in range(len(split.classes)):
         support = torch.from_numpy(split.images[episode.supports[c]])
-        adapted = gen.adapt(support, torch_gen)
+        with phase("adapt"):
+            adapted = gen.adapt(support, torch_gen)
         if score_nll:
             real = torch.from_numpy(split.images[episode.heldout[c][: ev.nll_max_images]])
-            nll = adapted.nll(real, ev.nll_samples, torch.Generator().manual_seed(seed + 7919 * (c + 1)))
+            with phase("nll"):
+                nll = adapted.nll(real, ev.nll_samples, torch.Generator().manual_seed(seed + 7919 * (c + 1)))
             if nll is not None:
                 nlls.append(nll)
-        for mode in modes:
-            per_mode[mode].append(adapted.sample(m, mode, torch_gen, ev.temperature))
+        with phase("sample"):
+            for mode in modes:
+                per_mode[mode].append(adapted.sample(m, mode, torch_gen, ev.temperature))
     for mode in modes:
         out.metrics[mode] = score_samples(per_mode[mode], split, episode, real_feats, extractor, protocol, seed,
                                           gen.name, score_aug, stats_cache)
