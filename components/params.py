@@ -204,6 +204,7 @@ class EvalParams(_Section):
     augment_steps: int = Field(ge=1)
     pretrain_lr: float = Field(gt=0)
     reports_dir: str
+    distributed: bool = True  # spread classes and scoring over Ray (RAY_ADDRESS or a local Ray); false: in-process
 
 
 class RegistryParams(_Section):

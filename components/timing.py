@@ -9,6 +9,7 @@ MLflow and DVC calls). Knows nothing of Prefect or MLflow: the flows and the CLI
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -93,12 +94,13 @@ class Timings:
             parts = name.split("/")
             return not any("/".join(parts[:i]) in overhead_names for i in range(1, len(parts)))
 
-        top = sum(e["seconds"] for n, e in phases.items() if "/" not in n)
         overhead = sum(e["seconds"] for n in overhead_names if outer_overhead(n) for e in [phases[n]])
         for entry in phases.values():
             entry["seconds"] = round(entry["seconds"], 3)
-        return {"total_s": round(total_s if total_s is not None else top, 3), "phases_total_s": round(top, 3),
-                "overhead_s": round(overhead, 3), "phases": phases}
+        if total_s is None:  # phases may overlap (concurrent steps): the span from the first start to the last end
+            total_s = max((r.start + r.seconds for r in self.records), default=0.0) - min(
+                (r.start for r in self.records), default=0.0)
+        return {"total_s": round(total_s, 3), "overhead_s": round(overhead, 3), "phases": phases}
 
 
 
@@ -110,8 +112,10 @@ def phase(name: str, kind: Kind = "work"):  # noqa: ANN201 - a context manager
 
 
 def metric_key(name: str) -> str:
-    """``evaluate/scratch lr choice`` -> ``timing.evaluate.scratch_lr_choice`` (an MLflow metric key)."""
-    return "timing." + ".".join(part.strip().replace(" ", "_") for part in name.split("/"))
+    """``evaluate/features (dvc repro)`` -> ``timing.evaluate.features_dvc_repro``: MLflow allows
+    letters, digits, ``_-. /:`` in a key; the dots keep the phases' nesting."""
+    parts = (re.sub(r"[^A-Za-z0-9_-]+", "_", part.strip()).strip("_") for part in name.split("/"))
+    return "timing." + ".".join(parts)
 
 
 def write(path: Path, summary: dict[str, Any]) -> Path:

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +40,7 @@ from components.meta.trainer import (
 from components.models.vae import VAEConfig
 from components.params import Params, validate_params
 from components.timing import phase
+from components.evaluation.parallel import Mapper, mapper_for
 
 log = logging.getLogger(__name__)
 FAULT_MARKER = ".fault_injected"
@@ -152,8 +154,17 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         raise ServerUnreachable(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
 
 
+_RAY_INIT = threading.Lock()
+
+
 def init_ray(params: Params) -> None:
-    """Connect to ``RAY_ADDRESS`` / ``train.ray_address``, or start a local Ray on this machine."""
+    """Connect to ``RAY_ADDRESS`` / ``train.ray_address``, or start a local Ray on this machine
+    (once, whichever of the run's concurrent steps asks first)."""
+    with _RAY_INIT:
+        _init_ray(params)
+
+
+def _init_ray(params: Params) -> None:
     import ray
 
     if ray.is_initialized():
@@ -169,6 +180,12 @@ def init_ray(params: Params) -> None:
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False, runtime_env=runtime_env,
                  include_dashboard=True, dashboard_host="127.0.0.1")
+
+
+def eval_mapper(params: Params) -> Mapper:
+    """Where the evaluation runs: spread over the Ray cluster this run trains on (``eval.distributed``),
+    or in this process."""
+    return mapper_for(params.eval.distributed, lambda: init_ray(params))
 
 
 def build_trainer(params: Params, prepared_dir: Path, storage_path: Path, name: str,

@@ -10,11 +10,13 @@ from prefect import flow, task
 from components.data.dvc_ops import dvc_repro
 from components.evaluation.evaluate import evaluate as run_protocol
 from components.meta.adaptation import AdaptationRule
+from components.evaluation.evaluate import baseline_scores
 from components.meta.trainer import load_learner
 from components.params import Params
 from components.registry import load_registered_learner
 from components.timing import phase
 from components.tracking import log_evaluation, mlflow_step, tracked_run
+from components.training import eval_mapper
 from pipelines.common import resolve, retry_unless_user_error, run_name
 
 
@@ -33,9 +35,22 @@ def run_evaluation(root: str, params: Params, checkpoint: str | None, model_uri:
         restored, rule = load_learner(Path(checkpoint or "")), AdaptationRule.from_params(params)
     out = run_protocol(restored.learner, rule, params, base / params.data.prepared_dir, base / params.eval.reports_dir,
                        base / params.eval.features_dir, base / params.train.checkpoint_dir,
-                       history=restored.state.history)
+                       history=restored.state.history, mapper=eval_mapper(params))
     return {"report": out.report, "files": [str(p) for p in [out.report_path, out.markdown_path, *out.pictures]],
             "markdown": out.markdown_path.read_text()}
+
+
+@task(name="reference-scores")
+def reference_scores(root: str, params: Params) -> None:
+    """The baselines and the replay reference scored and cached (they do not depend on the
+    meta-model: `retrain` runs this while it trains)."""
+    base = Path(root)
+    with phase("reference scores (alongside training)"):
+        if params.eval.extractor == "domain":
+            with phase("feature extractor (dvc repro features)"):
+                dvc_repro(base, "features")
+        baseline_scores(params, base / params.data.prepared_dir, base / params.eval.features_dir,
+                        base / params.train.checkpoint_dir, eval_mapper(params))
 
 
 @task(name="track-evaluation", retries=2, retry_delay_seconds=2,

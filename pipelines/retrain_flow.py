@@ -12,7 +12,7 @@ from components.evaluation.report import run_summary
 from components.timing import TIMINGS, phase, write as write_timings
 from components.tracking import describe_run, lineage_tags, log_timings, run_url, tracked_run, tracking_uri, version_url
 from pipelines.common import publish_artifacts, rename_flow_run, resolve, run_name
-from pipelines.evaluate_flow import evaluate
+from pipelines.evaluate_flow import evaluate, reference_scores
 from pipelines.ingest_flow import ingest
 from pipelines.promote_flow import promote
 from pipelines.train_flow import train
@@ -38,8 +38,11 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
             with phase("tune"):
                 best = tune(root, run_id=run_id, params=params)
             trained_with = with_updates(params, best["best_config"])
+        references = reference_scores.submit(root, trained_with)  # they do not need the model: score them meanwhile
         with phase("train"):
             trained = train(root, local=local, run_id=run_id, params=trained_with)
+        with phase("wait for the reference scores"):
+            references.result()
         with phase("evaluate"):
             evaluated = evaluate(root, checkpoint=trained["checkpoint"], run_id=run_id, params=trained_with)
         with phase("register and gate"):

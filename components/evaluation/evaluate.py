@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,13 @@ from components.data.prepare import Split, load_split, read_manifest
 from components.evaluation import extractors as ex
 from components.evaluation.pictures import fid_bar_chart, loss_curve, sample_grid, save_grid
 from components.errors import MetagenError
+from components.evaluation.parallel import Mapper
 from components.evaluation.protocol import (
     Protocol,
-    choose_lr,
+    choose_lrs,
     draw_episode,
     evaluate_generator,
+    evaluate_generators,
     select_classes,
 )
 from components.evaluation.report import markdown_table
@@ -35,6 +36,7 @@ from components.meta.baselines import (
 )
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
+from components.meta.trainer import vae_config
 from components.models.vae import ConvVAE, VAEConfig, param_dict
 from components.params import Params
 from components.timing import phase
@@ -109,43 +111,102 @@ class Scores:
     lr_choices: dict[str, Any]
 
 
-def score(
-    meta: FewShotGenerator,
+def score_baselines(
     baselines: list[FinetuneGenerator],
     test: Split,
-    val: Split | None,
+    val: Split,
     extractor: ex.FeatureExtractor,
     protocol: Protocol,
     max_copy_rate: float,
     stats_cache: Path | None = None,
-    notify: Callable[[str], None] = lambda _msg: None,
+    mapper: Mapper | None = None,
 ) -> Scores:
-    """Scoring, no files: the meta-model, each baseline (its adaptation lr chosen on the meta-val
-    classes ``val`` first) and the support-replay reference, each through the same protocol."""
+    """The references the meta-model is compared with; they do not depend on it (so they can run
+    while it trains, and be cached): each baseline with its adaptation lr chosen on the meta-val
+    classes ``val`` first, then the support-replay reference."""
     test_feats = extractor.features(torch.from_numpy(test.images))
-    rows: list[dict[str, Any]] = []
-    samples: dict[str, dict[str, list[torch.Tensor]]] = {}
     lr_choices: dict[str, Any] = {}
-    chosen: list[FewShotGenerator] = [meta]
+    chosen: list[FewShotGenerator] = []
     if baselines:
-        if val is None:
-            raise ValueError("choosing the baselines' learning rates needs meta-val classes")
         val_feats = extractor.features(torch.from_numpy(val.images))
-        for gen in baselines:
-            notify(f"{gen.name}: choosing its adaptation lr on meta-val")
-            with phase(f"{gen.name} lr choice"):
-                gen, by_lr = choose_lr(gen, val, val_feats, extractor, protocol, protocol.eval.baseline_lrs,
-                                       "support", max_copy_rate)
+        with phase("baseline lr choice"):
+            picked = choose_lrs(baselines, val, val_feats, extractor, protocol, protocol.eval.baseline_lrs,
+                                "support", max_copy_rate, mapper)
+        for gen, by_lr in picked:
             lr_choices[gen.name] = {"chosen": gen.lr, "by_lr": by_lr}
             chosen.append(gen)
-    for gen in [*chosen, SupportReplay()]:
-        notify(gen.name)
-        with phase(gen.name):
-            g_rows, g_samples = evaluate_generator(gen, test, test_feats, extractor, protocol, stats_cache=stats_cache)
-        rows += g_rows
-        if not isinstance(gen, SupportReplay):
-            samples[gen.name] = g_samples
+    gens = [*chosen, SupportReplay()]
+    with phase("baselines and replay"):
+        results = evaluate_generators(gens, test, test_feats, extractor, protocol, stats_cache=stats_cache,
+                                      mapper=mapper)
+    rows = [row for g_rows, _ in results for row in g_rows]
+    samples = {gen.name: g_samples for gen, (_, g_samples) in zip(gens, results, strict=True)
+               if not isinstance(gen, SupportReplay)}
     return Scores(rows, samples, lr_choices)
+
+
+def score(
+    meta: FewShotGenerator,
+    references: Scores,
+    test: Split,
+    extractor: ex.FeatureExtractor,
+    protocol: Protocol,
+    stats_cache: Path | None = None,
+    mapper: Mapper | None = None,
+) -> Scores:
+    """Scoring, no files: the meta-model through the protocol, next to the references' scores."""
+    test_feats = extractor.features(torch.from_numpy(test.images))
+    with phase(meta.name):
+        rows, samples = evaluate_generator(meta, test, test_feats, extractor, protocol, stats_cache=stats_cache,
+                                           mapper=mapper)
+    return Scores(rows + references.rows, {meta.name: samples, **references.samples}, references.lr_choices)
+
+
+BASELINES_CACHE_VERSION = 2  # bump when what score_baselines computes changes
+
+
+def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, extractor_digest: str,
+                  cfg: VAEConfig) -> str:
+    """The baselines' scores depend on the data, the protocol, the extractor, the baselines' own
+    settings and their VAE, never on the meta-model: a digest of exactly those."""
+    ev, splits = params.eval, manifest["splits"]
+    blob = {
+        "version": BASELINES_CACHE_VERSION, "data": {k: splits[k]["sha256"] for k in ("train", "val", "test")},
+        "protocol": protocol.digest, "extractor": extractor_digest, "vae": cfg.__dict__,
+        "baselines": {k: getattr(ev, k) for k in ("baseline_lrs", "lr_choice_classes", "baseline_steps",
+                                                   "scratch_steps", "pretrain_lr")},
+        "pretrain": {"steps": params.train.pretrain_steps, "batch": params.train.pretrain_batch_size,
+                     "seed": params.train.seed},
+        "max_copy_rate": params.registry.max_copy_rate, "modes": MODES,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cache_dir: Path,
+                    mapper: Mapper | None = None) -> Scores:
+    """The references' scores, computed once per :func:`baselines_key` and cached in ``cache_dir``
+    (what `metagen run` starts while the meta-model trains)."""
+    ev = params.eval
+    train, val, test = (load_split(prepared_dir, s) for s in ("train", "val", "test"))
+    test = select_classes(test, ev.max_classes, ev.seed)
+    manifest = read_manifest(prepared_dir)
+    protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
+    extractor, _ = load_extractor(params, features_dir)
+    plain = replace(vae_config(params, train), context_dim=0)  # the baselines: the same VAE without a context
+    path = cache_dir / f"baselines-{baselines_key(params, manifest, protocol, extractor.digest, plain)}.pt"
+    if path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        return Scores(cached["rows"], cached["samples"], cached["lr_choices"])
+    with phase("pretrain baseline"):
+        pre_model = pretrained_baseline(params, plain, train, cache_dir, manifest["splits"]["train"]["sha256"])
+    gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.baseline_steps),
+            FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
+    scores = score_baselines(gens, test, select_classes(val, ev.lr_choice_classes, ev.seed + 1), extractor, protocol,
+                             params.registry.max_copy_rate, cache_dir / "fid-stats", mapper)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        torch.save({"rows": scores.rows, "samples": scores.samples, "lr_choices": scores.lr_choices}, tmp)
+    return scores
 
 
 @dataclass
@@ -165,28 +226,24 @@ def evaluate(
     features_dir: Path,
     cache_dir: Path,
     history: list[dict[str, float]] | None = None,
-    step: Callable[[str], None] | None = None,
     baselines: bool = True,
+    mapper: Mapper | None = None,
 ) -> EvalOutputs:
     """The meta-model vs ``pretrain`` vs ``scratch`` vs support replay, each sampling mode: the
-    data, extractor and baselines loaded, :func:`score`, then the report, table and pictures."""
+    data, extractor and references loaded (or computed and cached), :func:`score`, then the
+    report, table and pictures. ``baselines=False``: the meta-model alone."""
     ev = params.eval
     with phase("load data and extractor"):
-        train, val, test = (load_split(prepared_dir, s) for s in ("train", "val", "test"))
-        test = select_classes(test, ev.max_classes, ev.seed)
+        test = select_classes(load_split(prepared_dir, "test"), ev.max_classes, ev.seed)
         manifest = read_manifest(prepared_dir)
         protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
         extractor, extractor_acc = load_extractor(params, features_dir)
-    gens: list[FinetuneGenerator] = []
+    references = Scores([], {}, {})
     if baselines:
-        plain = replace(learner.model.cfg, context_dim=0)  # the baselines: the same VAE without a context
-        with phase("pretrain baseline"):
-            pre_model = pretrained_baseline(params, plain, train, cache_dir, manifest["splits"]["train"]["sha256"])
-        gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.baseline_steps),
-                FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
-    scores = score(MetaGenerator(learner, rule), gens, test, select_classes(val, ev.lr_choice_classes, ev.seed + 1),
-                   extractor, protocol, params.registry.max_copy_rate, cache_dir / "fid-stats",
-                   step or (lambda _msg: None))
+        with phase("references (baselines, replay)"):
+            references = baseline_scores(params, prepared_dir, features_dir, cache_dir, mapper)
+    scores = score(MetaGenerator(learner, rule), references, test, extractor, protocol, cache_dir / "fid-stats",
+                   mapper)
     rows = scores.rows
     out_dir.mkdir(parents=True, exist_ok=True)
     with phase("pictures"):

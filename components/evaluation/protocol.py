@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from torch import Tensor
 from components.data.prepare import Split
 from components.errors import MetagenError
 from components.evaluation.extractors import FeatureExtractor, accuracy, train_classifier
-from components.evaluation.frechet import cached_statistics, frechet_distance, kid, statistics
+from components.evaluation.frechet import Statistics, cached_statistics, frechet_distance, kid, statistics
 from components.evaluation.memorisation import copy_rate, prdc
+from components.evaluation.parallel import LocalMapper, Mapper
 from components.meta.baselines import MODES, FewShotGenerator, FinetuneGenerator
 from components.params import EvalParams
 from components.timing import phase
@@ -84,16 +86,9 @@ def draw_episode(split: Split, k_shot: int, seed: int) -> Episode:
     return Episode(supports, heldout)
 
 
-@dataclass
-class RepeatResult:
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> metric -> value
-    nll: float | None = None
-    samples: dict[str, list[Tensor]] = field(default_factory=dict)
-
-
 def score_samples(
     generated: list[Tensor], split: Split, episode: Episode, real_feats: np.ndarray, extractor: FeatureExtractor,
-    protocol: Protocol, seed: int, name: str, score_aug: bool = True, stats_cache: Path | None = None,
+    protocol: Protocol, seed: int, name: str, score_aug: bool = True, real_stats: Statistics | None = None,
 ) -> dict[str, float]:
     """Every sample metric of one mode (``generated[c]``: class c's images) against held-out reals."""
     fake = torch.cat(generated)
@@ -104,11 +99,7 @@ def score_samples(
     held = np.concatenate(episode.heldout)
     real = real_feats[held]
     s_fake = statistics(fake_feats, f"{name} generated features")
-    if stats_cache is not None:  # keyed by test data, extractor, protocol and this repeat's supports
-        key = f"{protocol.test_sha256[:16]}-test-{extractor.digest}-{protocol.digest}-seed{seed}"
-        s_real = cached_statistics(stats_cache, key, lambda: real)
-    else:
-        s_real = statistics(real, "real features")
+    s_real = real_stats if real_stats is not None else statistics(real, "real features")
     out = {"fid": frechet_distance(s_fake.mu, s_fake.sigma, s_real.mu, s_real.sigma)}
     out["kid"], _ = kid(fake_feats, real, protocol.eval.kid_subsets, protocol.eval.kid_subset_size, seed)
     out.update(prdc(real, fake_feats, protocol.eval.prdc_k))
@@ -132,36 +123,132 @@ def _modes(gen: FewShotGenerator, wanted: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(m for m in wanted if m in gen.modes) or gen.modes
 
 
-def run_repeat(
-    gen: FewShotGenerator, split: Split, episode: Episode, real_feats: np.ndarray,
-    extractor: FeatureExtractor, protocol: Protocol, seed: int, modes: tuple[str, ...] = MODES,
-    score_aug: bool = True, score_nll: bool = True, stats_cache: Path | None = None,
-) -> RepeatResult:
-    """One repeat of the protocol for one generator."""
-    out = RepeatResult()
-    m, ev = protocol.eval.samples_per_class, protocol.eval
-    modes = _modes(gen, modes)
-    torch_gen = torch.Generator().manual_seed(seed)
-    per_mode: dict[str, list[Tensor]] = {mode: [] for mode in modes}
-    nlls = []
-    for c in range(len(split.classes)):
-        support = torch.from_numpy(split.images[episode.supports[c]])
-        with phase("adapt"):
-            adapted = gen.adapt(support, torch_gen)
-        if score_nll:
-            real = torch.from_numpy(split.images[episode.heldout[c][: ev.nll_max_images]])
-            with phase("nll"):
-                nll = adapted.nll(real, ev.nll_samples, torch.Generator().manual_seed(seed + 7919 * (c + 1)))
-            if nll is not None:
-                nlls.append(nll)
-        with phase("sample"):
-            for mode in modes:
-                per_mode[mode].append(adapted.sample(m, mode, torch_gen, ev.temperature))
-    for mode in modes:
-        out.metrics[mode] = score_samples(per_mode[mode], split, episode, real_feats, extractor, protocol, seed,
-                                          gen.name, score_aug, stats_cache)
-        out.samples[mode] = per_mode[mode]
-    out.nll = float(np.mean(nlls)) if nlls else None
+def class_seed(seed: int, c: int) -> int:
+    """The seed of class ``c``'s adaptation and sampling in the repeat seeded ``seed``: what a class
+    draws depends on the class and the repeat only, not on which classes ran before it, or where."""
+    return seed + 104729 * (c + 1)
+
+
+def nll_seed(seed: int, c: int) -> int:
+    """The seed of class ``c``'s importance samples (IWAE) in the repeat seeded ``seed``."""
+    return seed + 7919 * (c + 1)
+
+
+@dataclass(frozen=True)
+class ClassJob:
+    """One class of one repeat of one generator: adapt on the supports, score NLL, sample."""
+
+    gen: int                     # index into the mapped list of generators
+    support: Tensor
+    nll_images: Tensor | None    # None: no NLL
+    samples: int
+    modes: tuple[str, ...]
+    temperature: float
+    nll_samples: int
+    seed: int
+    nll_seed: int
+
+
+@dataclass
+class ClassResult:
+    nll: float | None
+    samples: dict[str, Tensor]
+
+
+def adapt_class(gens: Sequence[FewShotGenerator], job: ClassJob) -> ClassResult:
+    gen = gens[job.gen]
+    torch_gen = torch.Generator().manual_seed(job.seed)
+    with phase("adapt"):
+        adapted = gen.adapt(job.support, torch_gen)
+    nll = None
+    if job.nll_images is not None:
+        with phase("nll"):
+            nll = adapted.nll(job.nll_images, job.nll_samples, torch.Generator().manual_seed(job.nll_seed))
+    with phase("sample"):
+        samples = {mode: adapted.sample(job.samples, mode, torch_gen, job.temperature) for mode in job.modes}
+    return ClassResult(nll, samples)
+
+
+@dataclass(frozen=True)
+class ScoringData:
+    """What every scoring job shares (sent once to a Ray cluster)."""
+
+    split: Split
+    real_feats: np.ndarray
+    extractor: FeatureExtractor
+    protocol: Protocol
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """One sampling mode of one repeat of one generator: its samples, class by class."""
+
+    name: str
+    generated: list[Tensor]
+    episode: Episode
+    seed: int
+    real_stats: Statistics
+    score_aug: bool
+
+
+def score_job(data: ScoringData, job: ScoreJob) -> dict[str, float]:
+    return score_samples(job.generated, data.split, job.episode, data.real_feats, data.extractor, data.protocol,
+                         job.seed, job.name, job.score_aug, job.real_stats)
+
+
+@dataclass
+class RepeatResult:
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> metric -> value
+    nll: float | None = None
+    samples: dict[str, list[Tensor]] = field(default_factory=dict)
+
+
+def _real_stats(split: Split, episode: Episode, real_feats: np.ndarray, extractor: FeatureExtractor,
+                protocol: Protocol, seed: int, stats_cache: Path | None) -> Statistics:
+    real = real_feats[np.concatenate(episode.heldout)]
+    if stats_cache is None:
+        return statistics(real, "real features")
+    key = f"{protocol.test_sha256[:16]}-test-{extractor.digest}-{protocol.digest}-seed{seed}"
+    return cached_statistics(stats_cache, key, lambda: real)
+
+
+def run_generators(
+    gens: Sequence[FewShotGenerator], split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
+    protocol: Protocol, seeds: Sequence[int], modes: tuple[str, ...] = MODES, score_aug: bool = True,
+    score_nll: bool = True, stats_cache: Path | None = None, mapper: Mapper | None = None,
+) -> list[list[RepeatResult]]:
+    """Every generator x repeat (one per seed) x class: adapt, NLL, samples (``mapper`` spreads the
+    classes), then every generator x repeat x mode scored (spread too). ``[generator][repeat]``."""
+    mapper = mapper or LocalMapper()
+    ev = protocol.eval
+    episodes = [draw_episode(split, protocol.k_shot, seed) for seed in seeds]
+    n_classes = len(split.classes)
+    jobs = [
+        ClassJob(g, torch.from_numpy(split.images[ep.supports[c]]),
+                 torch.from_numpy(split.images[ep.heldout[c][: ev.nll_max_images]]) if score_nll else None,
+                 ev.samples_per_class, _modes(gen, modes), ev.temperature, ev.nll_samples,
+                 class_seed(seed, c), nll_seed(seed, c))
+        for g, gen in enumerate(gens) for seed, ep in zip(seeds, episodes, strict=True) for c in range(n_classes)
+    ]
+    with phase("adapt and sample"):
+        per_class = iter(mapper.map(adapt_class, list(gens), jobs))
+    out = [[RepeatResult() for _ in seeds] for _ in gens]
+    score_jobs, where = [], []
+    stats = [_real_stats(split, ep, real_feats, extractor, protocol, seed, stats_cache)
+             for seed, ep in zip(seeds, episodes, strict=True)]
+    for g, gen in enumerate(gens):
+        for r, seed in enumerate(seeds):
+            results = [next(per_class) for _ in range(n_classes)]
+            nlls = [x.nll for x in results if x.nll is not None]
+            out[g][r].nll = float(np.mean(nlls)) if nlls else None
+            for mode in _modes(gen, modes):
+                out[g][r].samples[mode] = [x.samples[mode] for x in results]
+                score_jobs.append(ScoreJob(gen.name, out[g][r].samples[mode], episodes[r], seed, stats[r], score_aug))
+                where.append((g, r, mode))
+    with phase("score"):
+        scores = mapper.map(score_job, ScoringData(split, real_feats, extractor, protocol), score_jobs)
+    for (g, r, mode), metrics in zip(where, scores, strict=True):
+        out[g][r].metrics[mode] = metrics
     return out
 
 
@@ -169,17 +256,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def evaluate_generator(
-    gen: FewShotGenerator, split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
-    protocol: Protocol, modes: tuple[str, ...] = MODES, stats_cache: Path | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, list[Tensor]]]:
-    """Rows (one per sampling mode) with mean/std over ``eval.repeats`` and the first repeat's samples."""
-    repeats = []
-    for r in range(protocol.eval.repeats):
-        seed = protocol.eval.seed + 1000 * r
-        episode = draw_episode(split, protocol.k_shot, seed)
-        repeats.append(run_repeat(gen, split, episode, real_feats, extractor, protocol, seed, modes,
-                                  stats_cache=stats_cache))
+def repeat_seeds(protocol: Protocol) -> list[int]:
+    return [protocol.eval.seed + 1000 * r for r in range(protocol.eval.repeats)]
+
+
+def rows_of(gen: FewShotGenerator, repeats: list[RepeatResult], modes: tuple[str, ...] = MODES) -> list[dict[str, Any]]:
+    """The table's rows of one generator (one per sampling mode): mean/std over the repeats."""
     rows = []
     nll = [r.nll for r in repeats if r.nll is not None]
     nll_m, nll_s = _mean_std(nll) if nll else (None, None)
@@ -193,24 +275,47 @@ def evaluate_generator(
         for metric in ("precision", "recall", "density", "coverage", "copy_rate"):
             row[metric] = row[f"{metric}_mean"]
         rows.append(row)
-    return rows, repeats[0].samples
+    return rows
 
 
-def choose_lr(
-    gen: FinetuneGenerator, val: Split, val_feats: np.ndarray, extractor: FeatureExtractor, protocol: Protocol,
-    lrs: list[float], mode: str, max_copy_rate: float,
-) -> tuple[FinetuneGenerator, dict[str, dict[str, float]]]:
-    """The baseline's adaptation lr on meta-val classes (one repeat): the lowest FID among the lrs
-    whose samples do not copy (copy rate <= ``max_copy_rate``), so that the strongest honest
-    generator is the one compared; if every lr copies, the lowest FID (and the row says it copies)."""
-    scores: dict[str, dict[str, float]] = {}
+def evaluate_generators(
+    gens: Sequence[FewShotGenerator], split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
+    protocol: Protocol, modes: tuple[str, ...] = MODES, stats_cache: Path | None = None,
+    mapper: Mapper | None = None,
+) -> list[tuple[list[dict[str, Any]], dict[str, list[Tensor]]]]:
+    """Per generator: its rows (mean/std over ``eval.repeats``) and the first repeat's samples."""
+    results = run_generators(gens, split, real_feats, extractor, protocol, repeat_seeds(protocol), modes,
+                             stats_cache=stats_cache, mapper=mapper)
+    return [(rows_of(gen, repeats, modes), repeats[0].samples) for gen, repeats in zip(gens, results, strict=True)]
+
+
+def evaluate_generator(
+    gen: FewShotGenerator, split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
+    protocol: Protocol, modes: tuple[str, ...] = MODES, stats_cache: Path | None = None,
+    mapper: Mapper | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, list[Tensor]]]:
+    """Rows (one per sampling mode) with mean/std over ``eval.repeats`` and the first repeat's samples."""
+    return evaluate_generators([gen], split, real_feats, extractor, protocol, modes, stats_cache, mapper)[0]
+
+
+def choose_lrs(
+    gens: Sequence[FinetuneGenerator], val: Split, val_feats: np.ndarray, extractor: FeatureExtractor,
+    protocol: Protocol, lrs: list[float], mode: str, max_copy_rate: float, mapper: Mapper | None = None,
+) -> list[tuple[FinetuneGenerator, dict[str, dict[str, float]]]]:
+    """Each baseline's adaptation lr on meta-val classes (one repeat, every baseline x lr at once):
+    the lowest FID among the lrs whose samples do not copy (copy rate <= ``max_copy_rate``), so
+    that the strongest honest generator is the one compared; if every lr copies, the lowest FID
+    (and the row says it copies)."""
     seed = protocol.eval.seed + 7
-    episode = draw_episode(val, protocol.k_shot, seed)
-    for lr in lrs:
-        res = run_repeat(replace(gen, lr=lr), val, episode, val_feats, extractor, protocol, seed, (mode,),
-                         score_aug=False, score_nll=False)
-        scores[f"{lr:g}"] = {"fid": res.metrics[mode]["fid"], "copy_rate": res.metrics[mode]["copy_rate"]}
-    honest = [lr for lr in lrs if scores[f"{lr:g}"]["copy_rate"] <= max_copy_rate] or list(lrs)
-    best = min(honest, key=lambda lr: scores[f"{lr:g}"]["fid"])
-    log.info("%s: adaptation lr %g chosen on meta-val (FID and copy rate by lr: %s)", gen.name, best, scores)
-    return replace(gen, lr=best), scores
+    candidates = [replace(gen, lr=lr) for gen in gens for lr in lrs]
+    results = run_generators(candidates, val, val_feats, extractor, protocol, [seed], (mode,), score_aug=False,
+                             score_nll=False, mapper=mapper)
+    chosen = []
+    for i, gen in enumerate(gens):
+        scores = {f"{lr:g}": {"fid": res[0].metrics[mode]["fid"], "copy_rate": res[0].metrics[mode]["copy_rate"]}
+                  for lr, res in zip(lrs, results[i * len(lrs) : (i + 1) * len(lrs)], strict=True)}
+        honest = [lr for lr in lrs if scores[f"{lr:g}"]["copy_rate"] <= max_copy_rate] or list(lrs)
+        best = min(honest, key=lambda lr: scores[f"{lr:g}"]["fid"])
+        log.info("%s: adaptation lr %g chosen on meta-val (FID and copy rate by lr: %s)", gen.name, best, scores)
+        chosen.append((replace(gen, lr=best), scores))
+    return chosen
