@@ -45,7 +45,11 @@ def ingest(root: str = ".", params_path: str = "params.yaml", overrides: list[st
         updates = {k: flat[k] for k in keys if k.startswith("data.") and k in flat}
         return refresh_data(str(base), params, updates)
     current = data_version(base, params.data.prepared_dir)
-    return ingest_data(
+    present = (base / params.data.prepared_dir / "manifest.json").is_file()
+    # a cached result says "the data was there": with no prepared data (a fresh clone, even at the
+    # path of a deleted one) the task runs whatever the cache holds
+    task_ = ingest_data if present else ingest_data.with_options(refresh_cache=True)
+    return task_(
         str(base), params, params.data.model_dump(mode="json"), source_fingerprint(params),
-        raw_md5(base), current.prepared_md5, (base / params.data.prepared_dir / "manifest.json").is_file(),
+        raw_md5(base), current.prepared_md5, present,
     )
