@@ -181,3 +181,20 @@ def test_standalone_train_records_the_data_version(prefect_api: str, mlflow_srv,
     assert run.data.tags["data.raw_md5"] == data["raw_md5"]
     assert run.data.tags["data.prepared_md5"] == data["prepared_md5"]
     assert run.inputs.dataset_inputs[0].dataset.digest == data["raw_md5"]
+
+
+def test_ingest_at_the_path_of_a_deleted_clone_rebuilds_the_data(prefect_api: str, project: Path) -> None:
+    """The same inputs as an earlier ingest (a fresh clone where a deleted one was) but no data on
+    disk: the ingest task runs instead of answering from Prefect's cache."""
+    import shutil
+
+    from pipelines.ingest_flow import ingest
+
+    ingest(str(project), "params.yaml", TINY)
+    assert (project / "prepared" / "manifest.json").is_file()
+    for gone in ("data", "prepared"):
+        shutil.rmtree(project / gone)
+    for gone in ("data.dvc", "dvc.lock"):
+        (project / gone).unlink(missing_ok=True)
+    ingest(str(project), "params.yaml", TINY)
+    assert (project / "prepared" / "manifest.json").is_file()
