@@ -161,7 +161,32 @@ def init_ray(params: Params) -> None:
     """Connect to ``RAY_ADDRESS`` / ``train.ray_address``, or start a local Ray on this machine
     (once, whichever of the run's concurrent steps asks first)."""
     with _RAY_INIT:
-        _init_ray(params)
+        if threading.current_thread() is threading.main_thread():
+            _init_ray(params)
+        else:
+            _init_ray_in_keeper_thread(params)
+
+
+def _init_ray_in_keeper_thread(params: Params) -> None:
+    """``ray.init`` from a thread that lives as long as the process. A local Ray's processes are
+    started with PR_SET_PDEATHSIG, which Linux fires when the *thread* that started them exits: a
+    Ray started from a step's worker thread would die with that thread's pool."""
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def keeper() -> None:
+        try:
+            _init_ray(params)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            errors.append(err)
+        finally:
+            done.set()
+        threading.Event().wait()
+
+    threading.Thread(target=keeper, name="ray-keeper", daemon=True).start()
+    done.wait()
+    if errors:
+        raise errors[0]
 
 
 def _init_ray(params: Params) -> None:
