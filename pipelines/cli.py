@@ -161,12 +161,18 @@ def evaluate(
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Few-shot FID/KID/ELBO/augmentation table: meta-model vs pretrain vs scratch vs support replay."""
-    from pipelines.evaluate_flow import evaluate as evaluate_flow
+    from components.timing import TIMINGS
 
-    params = _preflight(project_dir, params_path, set_)
+    TIMINGS.mark("process", _STARTED)
+    with TIMINGS.phase("imports", "overhead"):
+        from pipelines.evaluate_flow import evaluate as evaluate_flow
+    with TIMINGS.phase("pre-flight", "overhead"):
+        params = _preflight(project_dir, params_path, set_)
+    TIMINGS.mark("flow call")
     out = evaluate_flow(str(project_dir), checkpoint=str(checkpoint) if checkpoint else None, model_uri=model,
                         params=params)
     console.print(f"report and pictures: {', '.join(out['files'])}")
+    _print_timings(out["timings"], out["timings_path"])
 
 
 @app.command()

@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from components.data.lineage import raw_md5
 from components.errors import MetagenError, ServerUnreachable
 from components.params import Params, load_params
+from components.timing import TIMINGS, write as write_timings
 
 
 def resolve(root: str, params_path: str, overrides: list[str] | None, params: Params | None) -> tuple[Path, Params]:
@@ -49,6 +51,26 @@ def rename_flow_run(kind: str, data_md5: str | None) -> str:
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run.id, name=name)
     return name
+
+
+def start_timings() -> None:
+    """At a top-level flow's start: the clock the CLI started (its imports, the Prefect server's
+    start-up), or this flow's own when something else called it (a deployment, a test)."""
+    if "flow call" not in TIMINGS.marks:
+        TIMINGS.clear()
+        TIMINGS.mark("process")
+    TIMINGS.add_since("flow call", "prefect start-up", "overhead")
+
+
+def finish_timings(base: Path, params: Params, run_id: str) -> tuple[dict[str, Any], Path]:
+    """The phases' times to ``reports/timings.json`` and the MLflow run (``timing.*``)."""
+    from components.tracking import log_timings
+
+    summary = TIMINGS.summary(total_s=TIMINGS.elapsed("process"))
+    TIMINGS.clear()
+    path = write_timings(base / params.eval.reports_dir / "timings.json", summary)
+    log_timings(run_id, summary, path)
+    return summary, path
 
 
 def publish_artifacts(markdown: str, links: dict[str, tuple[str, str]]) -> None:

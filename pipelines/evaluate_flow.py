@@ -17,7 +17,7 @@ from components.registry import load_registered_learner
 from components.timing import phase
 from components.tracking import log_evaluation, mlflow_step, tracked_run
 from components.training import eval_mapper
-from pipelines.common import resolve, retry_unless_user_error, run_name
+from pipelines.common import finish_timings, resolve, retry_unless_user_error, run_name, start_timings
 
 
 @task(name="feature-extractor")
@@ -64,6 +64,9 @@ def track_evaluation(root: str, params: Params, run_id: str, result: dict[str, A
 def evaluate(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
              checkpoint: str | None = None, model_uri: str | None = None, run_id: str | None = None,
              params: Params | None = None) -> dict[str, Any]:
+    top_level = run_id is None  # not a step of `retrain`: this flow's phases are its own report
+    if top_level:
+        start_timings()
     base, params = resolve(root, params_path, overrides, params)
     checkpoint = checkpoint or (None if model_uri else str(base / params.train.checkpoint_dir))
     with tracked_run(params, base, "evaluate", run_id, extra_tags={"eval.model": model_uri or str(checkpoint)}) as run_id:
@@ -75,4 +78,7 @@ def evaluate(root: str = ".", params_path: str = "params.yaml", overrides: list[
         with phase("mlflow logging", "overhead"):
             track_evaluation(str(base), params, run_id, result)
     print(result["markdown"])
+    if top_level:
+        timings, path = finish_timings(base, params, run_id)
+        return {**result, "run_id": run_id, "timings": timings, "timings_path": str(path)}
     return {**result, "run_id": run_id}

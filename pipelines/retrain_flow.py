@@ -9,9 +9,9 @@ from prefect.runtime import flow_run
 
 from components.params import Params, with_updates
 from components.evaluation.report import run_summary
-from components.timing import TIMINGS, phase, write as write_timings
-from components.tracking import describe_run, lineage_tags, log_timings, run_url, tracked_run, tracking_uri, version_url
-from pipelines.common import publish_artifacts, rename_flow_run, resolve, run_name
+from components.timing import phase
+from components.tracking import describe_run, lineage_tags, run_url, tracked_run, tracking_uri, version_url
+from pipelines.common import finish_timings, publish_artifacts, rename_flow_run, resolve, run_name, start_timings
 from pipelines.evaluate_flow import evaluate, reference_scores
 from pipelines.ingest_flow import ingest
 from pipelines.promote_flow import promote
@@ -22,10 +22,7 @@ from pipelines.tune_flow import tune
 @flow(name="retrain", log_prints=True, flow_run_name=run_name("retrain"))
 def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
             local: bool = False, params: Params | None = None) -> dict[str, Any]:
-    if "flow call" not in TIMINGS.marks:  # not started by the CLI (a deployment, a test): time this flow alone
-        TIMINGS.clear()
-        TIMINGS.mark("process")
-    TIMINGS.add_since("flow call", "prefect start-up", "overhead")  # the CLI's call: the temporary server
+    start_timings()
     base, params = resolve(root, params_path, overrides, params)
     root = str(base)
     with phase("ingest"):
@@ -58,10 +55,7 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
             "mlflow-run": (links["run_url"], f"MLflow run {run_id} (metrics, grids, evaluation table)"),
             "model-version": (links["version_url"], f"registered model {name} v{version} ({decision['decision']})"),
         })
-    timings = TIMINGS.summary(total_s=TIMINGS.elapsed("process"))
-    TIMINGS.clear()
-    timings_path = write_timings(base / params.eval.reports_dir / "timings.json", timings)
-    log_timings(run_id, timings, timings_path)
+    timings, timings_path = finish_timings(base, params, run_id)
     return {"timings": timings, "timings_path": str(timings_path), "run_id": run_id, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run_label, **links, "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
             "report": evaluated["report"], "markdown": evaluated["markdown"], "files": evaluated["files"],
             "tracking_uri": tracking_uri(params, base), "model_name": params.registry.model_name}
