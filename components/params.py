@@ -73,6 +73,7 @@ class ModelParams(_Section):
     likelihood: Literal["bernoulli", "gaussian"]
     groupnorm_groups: int = Field(ge=0)
     context_dim: int = Field(ge=0)
+    kl_weight: float = Field(default=1.0, gt=0, le=1)  # beta of the set-VAE's training objective (baselines: 1)
 
 
 class MetaParams(_Section):
@@ -87,6 +88,7 @@ class MetaParams(_Section):
     grad_clip: float = Field(gt=0)
     vectorize: bool
     rotate_classes: bool
+    context_dropout: float = Field(default=0.0, ge=0, lt=1)  # share of tasks that start from a null context
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
     manifest = read_manifest(prepared_dir)
     protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
     extractor, _ = load_extractor(params, features_dir)
-    plain = replace(vae_config(params, train), context_dim=0)  # the baselines: the same VAE without a context
+    plain = replace(vae_config(params, train), context_dim=0, kl_weight=1.0)  # the baselines: the plain VAE, the ELBO
     path = cache_dir / f"baselines-{baselines_key(params, manifest, protocol, extractor.digest, plain)}.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)

@@ -122,10 +122,10 @@ def adapt(
     return fast
 
 
-def _context_pull(model: ConvVAE, meta: Params, support: Tensor, target: Tensor) -> Tensor:
+def _context_pull(model: ConvVAE, meta: Params, support: Tensor, target: Tensor, keep: Tensor | float = 1.0) -> Tensor:
     """Reptile for the set encoder: half the squared distance from its context to the adapted one
     (its gradient is the Reptile direction ``c0 - c_adapted`` carried back to the set encoder)."""
-    start = with_context(model, meta, support)[CONTEXT]
+    start = with_context(model, meta, support, keep)[CONTEXT]
     return 0.5 * (start - target).pow(2).sum()
 
 
@@ -133,38 +133,40 @@ def _context_pull(model: ConvVAE, meta: Params, support: Tensor, target: Tensor)
 def _task_fns(model: ConvVAE, cfg: AlgoConfig):  # noqa: ANN202
     k_steps = cfg.inner_steps
 
-    def outer_loss(meta: Params, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor) -> Tensor:
-        adapted = adapt(model, with_context(model, meta, support), support, k_steps, lrs, eps_in, cfg.keys)
+    def outer_loss(meta: Params, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor,
+                   keep: Tensor) -> Tensor:
+        adapted = adapt(model, with_context(model, meta, support, keep), support, k_steps, lrs, eps_in, cfg.keys)
         return per_pixel_loss(model, adapted, query, eps_q)
 
-    def maml(meta, lrs, support, query, eps_in, eps_q):  # noqa: ANN001, ANN202
-        g, loss = grad_and_value(outer_loss)(meta, lrs, support, query, eps_in, eps_q)
+    def maml(meta, lrs, support, query, eps_in, eps_q, keep):  # noqa: ANN001, ANN202
+        g, loss = grad_and_value(outer_loss)(meta, lrs, support, query, eps_in, eps_q, keep)
         return loss, g
 
-    def metasgd(meta, lrs, support, query, eps_in, eps_q):  # noqa: ANN001, ANN202
-        (g, g_lr), loss = grad_and_value(outer_loss, argnums=(0, 1))(meta, lrs, support, query, eps_in, eps_q)
+    def metasgd(meta, lrs, support, query, eps_in, eps_q, keep):  # noqa: ANN001, ANN202
+        (g, g_lr), loss = grad_and_value(outer_loss, argnums=(0, 1))(meta, lrs, support, query, eps_in, eps_q, keep)
         return loss, {**g, **{f"lr::{k}": v for k, v in g_lr.items()}}
 
-    def fomaml_loss(meta: Params, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor) -> Tensor:
-        start = with_context(model, meta, support)
+    def fomaml_loss(meta: Params, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor,
+                    keep: Tensor) -> Tensor:
+        start = with_context(model, meta, support, keep)
         adapted = adapt(model, {k: v.detach() for k, v in start.items()}, support, k_steps, lrs, eps_in, cfg.keys)
         moved = {k: start[k] + (adapted[k] - start[k]).detach() for k in start}
         return per_pixel_loss(model, moved, query, eps_q)
 
-    def fomaml(meta, lrs, support, query, eps_in, eps_q):  # noqa: ANN001, ANN202
-        g, loss = grad_and_value(fomaml_loss)(meta, lrs, support, query, eps_in, eps_q)
+    def fomaml(meta, lrs, support, query, eps_in, eps_q, keep):  # noqa: ANN001, ANN202
+        g, loss = grad_and_value(fomaml_loss)(meta, lrs, support, query, eps_in, eps_q, keep)
         return loss, g
 
-    def reptile(meta, lrs, support, query, eps_in, eps_q):  # noqa: ANN001, ANN202
+    def reptile(meta, lrs, support, query, eps_in, eps_q, keep):  # noqa: ANN001, ANN202
         data = torch.cat([support, query])
-        adapted = adapt(model, with_context(model, meta, support), data, k_steps, lrs, eps_in, cfg.keys)
+        adapted = adapt(model, with_context(model, meta, support, keep), data, k_steps, lrs, eps_in, cfg.keys)
         loss = per_pixel_loss(model, adapted, query, eps_q)
         direction = {k: meta[k] - adapted[k] for k in meta}
         if model.conditional:
             set_part = {k: v for k, v in meta.items() if k.startswith(SET_ENCODER)}
             rest = {k: v.detach() for k, v in meta.items() if not k.startswith(SET_ENCODER)}
-            direction.update(grad(lambda p: _context_pull(model, {**rest, **p}, support, adapted[CONTEXT].detach()))(
-                set_part))
+            direction.update(grad(lambda p: _context_pull(model, {**rest, **p}, support, adapted[CONTEXT].detach(),
+                                                          keep))(set_part))
         return loss, direction
 
     return {"maml": maml, "metasgd": metasgd, "fomaml": fomaml, "reptile": reptile}[cfg.algorithm]
@@ -175,8 +177,8 @@ def meta_gradients_vectorized(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     fn = _task_fns(model, cfg)
     lr: LR = lrs if lrs is not None else cfg.inner_lr
-    losses, grads = vmap(fn, in_dims=(None, None, 0, 0, 0, 0))(
-        meta, lr, batch.support, batch.query, batch.eps_inner, batch.eps_query
+    losses, grads = vmap(fn, in_dims=(None, None, 0, 0, 0, 0, 0))(
+        meta, lr, batch.support, batch.query, batch.eps_inner, batch.eps_query, batch.keep().to(batch.support)
     )
     return losses.mean(), {k: v.mean(0) for k, v in grads.items()}
 
@@ -208,7 +210,8 @@ def meta_gradients_loop(
         lr: LR = lr_leaves if lr_leaves is not None else cfg.inner_lr
         support, query = batch.support[t], batch.query[t]
         eps_in, eps_q = batch.eps_inner[t], batch.eps_query[t]
-        start = with_context(model, leaves, support)
+        keep = batch.keep().to(support)[t]
+        start = with_context(model, leaves, support, keep)
         if cfg.algorithm in ("maml", "metasgd"):
             fast = _adapt_autograd(model, start, support, eps_in, cfg, lr, create_graph=True)
             loss = per_pixel_loss(model, fast, query, eps_q)
@@ -234,7 +237,7 @@ def meta_gradients_loop(
                 set_keys = [k for k in leaves if k.startswith(SET_ENCODER)]
                 pull = _context_pull(model, {k: leaves[k] for k in set_keys} | {k: v.detach() for k, v in leaves.items()
                                                                                  if k not in set_keys},
-                                     support, fast[CONTEXT].detach())
+                                     support, fast[CONTEXT].detach(), keep)
                 task.update(zip(set_keys, torch.autograd.grad(pull, [leaves[k] for k in set_keys]), strict=True))
         losses.append(loss.detach())
         for k, g in task.items():
@@ -273,7 +276,7 @@ def meta_gradients_batched(
     # the trunk does not see the context: its features of the supports serve the set encoder and
     # every inner step (the per-task loop recomputes them each time)
     feats = trunk(model, leaves, batch.support.reshape(b * k, *batch.support.shape[2:]))
-    start = set_context(model, leaves, batch.support, feats)       # (B, d)
+    start = set_context(model, leaves, batch.support, feats) * batch.keep().to(feats)[:, None]  # (B, d)
     ctx = start if second_order else start.detach().requires_grad_(True)
     inner_feats = feats if second_order else feats.detach()
     for s in range(cfg.inner_steps):

@@ -28,6 +28,10 @@ class TaskBatch:
     eps_inner: Tensor    # (B, steps, K + Q, latent): inner-loop noise (Reptile adapts on K + Q)
     eps_query: Tensor    # (B, Q, latent)
     classes: tuple[int, ...]
+    keep_context: Tensor | None = None  # (B,) 1.0, or 0.0 for a task that starts from a null context
+
+    def keep(self) -> Tensor:
+        return self.keep_context if self.keep_context is not None else torch.ones(len(self), dtype=self.support.dtype)
 
     def __len__(self) -> int:
         return self.support.shape[0]
@@ -36,19 +40,20 @@ class TaskBatch:
         idx = list(range(rank, len(self), world))
         return TaskBatch(
             self.support[idx], self.query[idx], self.eps_inner[idx], self.eps_query[idx],
-            tuple(self.classes[i] for i in idx),
+            tuple(self.classes[i] for i in idx), None if self.keep_context is None else self.keep_context[idx],
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
         def conv(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype or t.dtype)
 
-        return TaskBatch(conv(self.support), conv(self.query), conv(self.eps_inner), conv(self.eps_query), self.classes)
+        return TaskBatch(conv(self.support), conv(self.query), conv(self.eps_inner), conv(self.eps_query), self.classes,
+                         None if self.keep_context is None else conv(self.keep_context))
 
 
 class TaskSampler:
     def __init__(self, split: Split, k_shot: int, k_query: int, latent_dim: int, inner_steps: int, seed: int,
-                 rotate_classes: bool = False) -> None:
+                 rotate_classes: bool = False, context_dropout: float = 0.0) -> None:
         self.per_class = [torch.from_numpy(np.ascontiguousarray(a)) for a in split.by_class()]
         too_small = [split.classes[i] for i, a in enumerate(self.per_class) if len(a) < k_shot + k_query]
         if too_small:
@@ -59,6 +64,7 @@ class TaskSampler:
         self.k_shot, self.k_query = k_shot, k_query
         self.latent_dim, self.inner_steps, self.seed = latent_dim, inner_steps, seed
         self.rotate_classes = rotate_classes
+        self.context_dropout = context_dropout
 
     def sample(self, step: int, batch_size: int) -> TaskBatch:
         rng = np.random.default_rng([self.seed, step])
@@ -78,4 +84,8 @@ class TaskSampler:
             batch_size, max(self.inner_steps, 1), self.k_shot + self.k_query, self.latent_dim, generator=gen
         )
         eps_query = torch.randn(batch_size, self.k_query, self.latent_dim, generator=gen)
-        return TaskBatch(torch.stack(sup), torch.stack(qry), eps_inner, eps_query, tuple(int(c) for c in classes))
+        keep = None
+        if self.context_dropout > 0:  # drawn last: without dropout the batch is what it always was
+            keep = torch.from_numpy((rng.random(batch_size) >= self.context_dropout).astype(np.float32))
+        return TaskBatch(torch.stack(sup), torch.stack(qry), eps_inner, eps_query, tuple(int(c) for c in classes),
+                         keep)

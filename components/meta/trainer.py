@@ -36,7 +36,8 @@ def build_learner(meta: MetaParams, cfg: VAEConfig, seed: int) -> MetaLearner:
 
 def make_sampler(params: Params, split: Split, seed: int) -> TaskSampler:
     return TaskSampler(split, params.meta.k_shot, params.meta.k_query, params.model.latent_dim,
-                       params.meta.inner_steps, seed, rotate_classes=params.meta.rotate_classes)
+                       params.meta.inner_steps, seed, rotate_classes=params.meta.rotate_classes,
+                       context_dropout=params.meta.context_dropout)
 
 
 def train_step(learner: MetaLearner, batch: TaskBatch, rank: int = 0, world: int = 1,

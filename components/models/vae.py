@@ -38,11 +38,12 @@ class VAEConfig:
     likelihood: str
     groupnorm_groups: int
     context_dim: int = 0  # 0: the unconditional VAE (the baselines' architecture)
+    kl_weight: float = 1.0  # beta of the training/adaptation objective; the IWAE NLL never uses it
 
     @classmethod
     def from_params(cls, model: ModelParams, channels: int, image_size: int) -> VAEConfig:
         return cls(channels, image_size, model.latent_dim, model.width, model.likelihood, model.groupnorm_groups,
-                   model.context_dim)
+                   model.context_dim, model.kl_weight)
 
 
 def _norm(groups: int, ch: int) -> nn.Module:
@@ -192,7 +193,7 @@ class ConvVAE(nn.Module):
         out = self.decode(z, context)
         p_mu, p_logvar = self.prior(context, x.shape[0])
         kl = 0.5 * (p_logvar - logvar + (logvar.exp() + (mu - p_mu).pow(2)) / p_logvar.exp() - 1.0).sum(-1)
-        return kl - self.log_likelihood(out, x)
+        return self.cfg.kl_weight * kl - self.log_likelihood(out, x)
 
     def _log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None) -> Tensor:
         """log p(x, z_s) - log q(z_s | x) for ``eps`` of shape (S, n, latent): (S, n)."""
@@ -238,12 +239,12 @@ def trunk(model: ConvVAE, params: Params, x: Tensor) -> Tensor:
     return _call(model, params, (x,), "trunk")
 
 
-def with_context(model: ConvVAE, params: Params, support: Tensor) -> Params:
+def with_context(model: ConvVAE, params: Params, support: Tensor, keep: Tensor | float = 1.0) -> Params:
     """The starting point of a task's adaptation: the weights plus, for a set-conditioned VAE, the
-    set encoder's context from ``support``."""
+    set encoder's context from ``support`` (times ``keep``: 0 starts from the null context)."""
     if not model.conditional:
         return dict(params)
-    return {**params, CONTEXT: set_context(model, params, support)}
+    return {**params, CONTEXT: set_context(model, params, support) * keep}
 
 
 def neg_elbo(model: ConvVAE, params: Params, x: Tensor, eps: Tensor, features: Tensor | None = None) -> Tensor:

@@ -35,6 +35,38 @@ def _batch(b: int = 2, k: int = 3, q: int = 2, steps: int = 2) -> TaskBatch:
                      torch.randn(b, q, 3, generator=g, dtype=torch.float64), tuple(range(b)))
 
 
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "reptile"])
+def test_context_dropout_is_the_same_gradient_in_every_implementation(algo: str) -> None:
+    """A task that starts from the null context (meta.context_dropout) gets the same meta-gradient
+    from the batched step, vmap and the loop; and it is a different gradient from the full context's."""
+    from dataclasses import replace
+
+    model, params = _model()
+    keys = adapt_keys(model, "all" if algo == "reptile" else "context")
+    cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
+    lrs = {k: torch.full(key_shape(model, k), 0.3, dtype=torch.float64) for k in keys} if algo == "metasgd" else None
+    dropped = replace(_batch(b=3), keep_context=torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+    impls = ["vmap", "loop"] + (["batched"] if algo != "reptile" else [])
+    results = {impl: meta_gradients(model, params, lrs, dropped, cfg, impl=impl) for impl in impls}
+    loss_ref, g_ref = results["loop"]
+    for impl, (loss, g) in results.items():
+        assert abs(float(loss - loss_ref)) <= 1e-10, impl
+        assert max(float((g[k] - g_ref[k]).abs().max()) for k in g) <= 1e-5, impl
+    loss_full, _ = meta_gradients(model, params, lrs, _batch(b=3), cfg, impl="loop")
+    assert abs(float(loss_full - loss_ref)) > 1e-8
+
+
+def test_sampler_drops_contexts_at_the_configured_rate() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.random((6 * 12, 1, 28, 28), dtype=np.float32)
+    split = Split(images, np.repeat(np.arange(6), 12), [f"c{i}" for i in range(6)])
+    plain = TaskSampler(split, 5, 5, 4, 1, seed=0)
+    dropping = TaskSampler(split, 5, 5, 4, 1, seed=0, context_dropout=0.5)
+    a, b = plain.sample(3, 400), dropping.sample(3, 400)
+    assert a.keep_context is None and torch.equal(a.support, b.support) and torch.equal(a.eps_query, b.eps_query)
+    assert 0.4 < 1 - float(b.keep_context.mean()) < 0.6
+
+
 def test_context_is_permutation_invariant() -> None:
     model, params = _model()
     support = _batch().support[0]
