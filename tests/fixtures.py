@@ -1,5 +1,10 @@
-"""Fixtures with real servers: a session Prefect server, an MLflow server, a temp project repo
-(registered as a pytest plugin by tests/conftest.py)."""
+"""Fixtures with real servers: a session Prefect server, a session MLflow server (and one of a
+test's own for the tests that stop it), a temp project repo (registered as a pytest plugin by
+tests/conftest.py).
+
+The shared MLflow server keeps the tests apart by name: every ``project`` registers under a model
+name and an experiment of its own (``registry_names``), and the registry tests name their models
+after the test."""
 
 from __future__ import annotations
 
@@ -40,15 +45,45 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
-def mlflow_srv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, str]]:
-    server, url = mlflow_server(tmp_path / "mlflow")
-    server.start()
+def _point_mlflow_at(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+@pytest.fixture(scope="session")
+def mlflow_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    """One real `mlflow server` for the session (each start costs ~8 s of the suite)."""
+    server, url = mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    server.start()
     yield server, url
     server.stop()
+
+
+@pytest.fixture
+def mlflow_srv(mlflow_shared: tuple[Server, str], monkeypatch: pytest.MonkeyPatch) -> tuple[Server, str]:
+    """The session's MLflow server, MLFLOW_TRACKING_URI pointing at it. Never stop it: a test that
+    takes a server down uses ``mlflow_own``."""
+    _point_mlflow_at(mlflow_shared[1], monkeypatch)
+    return mlflow_shared
+
+
+@pytest.fixture
+def mlflow_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, str]]:
+    """A real `mlflow server` of this test's own, which it may stop and start."""
+    server, url = mlflow_server(tmp_path / "mlflow")
+    server.start()
+    _point_mlflow_at(url, monkeypatch)
+    yield server, url
+    server.stop()
+
+
+def registry_names(project: Path) -> tuple[str, str]:
+    """The registered model name and the experiment the ``project``'s params name."""
+    from components.params import load_params
+
+    registry = load_params(project / "params.yaml").registry
+    return registry.model_name, registry.experiment
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -65,7 +100,11 @@ def project(tmp_path: Path) -> Path:
         shutil.copy(PROJECT / name, root)
     # the DVC `features` stage reads params.yaml itself (not the flows' overrides): a short one here
     text = (root / "params.yaml").read_text()
-    (root / "params.yaml").write_text(re.sub(r"(?m)^(  feature_steps:) \d+", r"\1 30", text))
+    text = re.sub(r"(?m)^(  feature_steps:) \d+", r"\1 30", text)
+    # a model and an experiment of this test's own: the tests share one MLflow server
+    text = re.sub(r"(?m)^(  (?:model_name|experiment):) metagen\b", rf"\1 metagen-{tmp_path.name}", text)
+    assert text.count(f"metagen-{tmp_path.name}") == 2, "params.yaml: registry.model_name/experiment not found"
+    (root / "params.yaml").write_text(text)
     for sub in ("components/data", "components/evaluation"):
         shutil.copytree(PROJECT / sub, root / sub, ignore=shutil.ignore_patterns("__pycache__"))
     run(["git", "init", "-q"], root)

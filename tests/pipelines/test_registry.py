@@ -11,7 +11,12 @@ from components.errors import MetagenError
 from components.registry import GateRules, fid_key, promote
 
 pytestmark = [pytest.mark.integration]
-NAME = "gate-test"
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    """A registered model of this test's own (the tests share one MLflow server)."""
+    return "gate-" + request.node.name
 
 
 def _new_versions(client, name: str, n: int) -> list[str]:  # noqa: ANN001
@@ -31,16 +36,16 @@ def _new_versions(client, name: str, n: int) -> list[str]:  # noqa: ANN001
     return out
 
 
-def _versions(url: str, n: int) -> list[str]:
+def _versions(url: str, name: str, n: int) -> list[str]:
     from mlflow import MlflowClient
 
-    return _new_versions(MlflowClient(url, url), NAME, n)
+    return _new_versions(MlflowClient(url, url), name, n)
 
 
-def _champion(url: str) -> str:
+def _champion(url: str, name: str) -> str:
     from mlflow import MlflowClient
 
-    return str(MlflowClient(url, url).get_model_version_by_alias(NAME, "champion").version)
+    return str(MlflowClient(url, url).get_model_version_by_alias(name, "champion").version)
 
 
 def _never(_v: str) -> float:
@@ -60,86 +65,86 @@ def _report(fid: float, copy: float = 0.0, baselines: list[dict] | None = None, 
     return {"extractor": {"digest": "ext"}, "protocol": {"digest": protocol}, "rows": rows + (baselines or [])}
 
 
-def _gate(version: str, fid: float, reevaluate=_never, **kw) -> object:  # noqa: ANN001
-    return promote(NAME, version, _report(fid, **kw), RULES, reevaluate)
+def _gate(name: str, version: str, fid: float, reevaluate=_never, **kw) -> object:  # noqa: ANN001
+    return promote(name, version, _report(fid, **kw), RULES, reevaluate)
 
 
-def test_threshold_then_better_then_worse(mlflow_srv) -> None:  # noqa: ANN001
+def test_threshold_then_better_then_worse(mlflow_srv, name: str) -> None:  # noqa: ANN001
     import mlflow
 
     _, url = mlflow_srv
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
-    v1, v2, v3, v4 = _versions(url, 4)
-    d = _gate(v1, 50.0)
+    v1, v2, v3, v4 = _versions(url, name, 4)
+    d = _gate(name, v1, 50.0)
     assert d.decision == "rejected" and "FID 50.0000 > registry.fid_threshold 20 (FAIL)" in d.reason
-    d = _gate(v2, 10.0)
-    assert d.decision == "promoted" and "first champion" in d.reason and _champion(url) == v2
-    d = _gate(v3, 12.0)
+    d = _gate(name, v2, 10.0)
+    assert d.decision == "promoted" and "first champion" in d.reason and _champion(url, name) == v2
+    d = _gate(name, v3, 12.0)
     assert d.decision == "rejected" and f"FID 12.0000 >= champion v{v2} 10.0000 (FAIL)" in d.reason
-    d = _gate(v4, 10.0)  # a tie keeps the champion
-    assert d.decision == "rejected" and _champion(url) == v2
+    d = _gate(name, v4, 10.0)  # a tie keeps the champion
+    assert d.decision == "rejected" and _champion(url, name) == v2
     from mlflow import MlflowClient
 
     client = MlflowClient(url, url)
-    v3_info = client.get_model_version(NAME, v3)
+    v3_info = client.get_model_version(name, v3)
     assert v3_info.tags["gate.decision"] == "rejected"
     assert v3_info.tags["gate.failed"] == f"FID 12.0000 >= champion v{v2} 10.0000"
     assert "rejected" in v3_info.description and "FID 12.0000" in v3_info.description
 
 
-def test_a_copier_and_a_loser_to_a_baseline_are_rejected(mlflow_srv) -> None:  # noqa: ANN001
+def test_a_copier_and_a_loser_to_a_baseline_are_rejected(mlflow_srv, name: str) -> None:  # noqa: ANN001
     import mlflow
 
     _, url = mlflow_srv
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
-    v1, v2, v3 = _versions(url, 3)
+    v1, v2, v3 = _versions(url, name, 3)
     replay = _row("support_replay", "replay", 0.5, 1.0)
     baselines = [_row("pretrain", "prior", 9.0, 0.0), _row("pretrain", "support", 6.0, 0.02),
                  _row("scratch", "support", 1.0, 0.6), replay]
-    d = _gate(v1, 3.0, copy=0.9, baselines=baselines)  # memorises its supports
+    d = _gate(name, v1, 3.0, copy=0.9, baselines=baselines)  # memorises its supports
     assert d.decision == "rejected" and "copy_rate 0.900 > registry.max_copy_rate 0.1 (FAIL)" in d.reason
-    d = _gate(v2, 7.0, baselines=baselines)  # loses to pretrain's support sampling
+    d = _gate(name, v2, 7.0, baselines=baselines)  # loses to pretrain's support sampling
     assert d.decision == "rejected" and "FID 7.0000 >= pretrain (support) 6.0000 (FAIL)" in d.reason
     assert "scratch excluded: a copier (copy_rate 0.600 > 0.1)" in d.reason
     assert "support_replay excluded: a copier" in d.reason
-    d = _gate(v3, 5.0, baselines=baselines)
+    d = _gate(name, v3, 5.0, baselines=baselines)
     assert d.decision == "promoted" and "FID 5.0000 < pretrain (support) 6.0000 (pass)" in d.reason
-    assert _champion(url) == v3
+    assert _champion(url, name) == v3
 
 
-def test_champion_under_other_digests_is_reevaluated(mlflow_srv) -> None:  # noqa: ANN001
+def test_champion_under_other_digests_is_reevaluated(mlflow_srv, name: str) -> None:  # noqa: ANN001
     import mlflow
     from mlflow import MlflowClient
 
     _, url = mlflow_srv
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
-    v1, v2 = _versions(url, 2)
-    assert _gate(v1, 5.0, protocol="old-protocol").decision == "promoted"
+    v1, v2 = _versions(url, name, 2)
+    assert _gate(name, v1, 5.0, protocol="old-protocol").decision == "promoted"
     calls: list[str] = []
 
     def reevaluate(v: str) -> float:
         calls.append(v)
         return 9.0  # v1 on the new protocol
 
-    d = _gate(v2, 8.0, reevaluate, protocol="new-protocol")
+    d = _gate(name, v2, 8.0, reevaluate, protocol="new-protocol")
     assert calls == [v1]
     assert d.decision == "promoted" and f"< champion v{v1} 9.0000" in d.reason
     client = MlflowClient(url, url)
-    assert client.get_model_version(NAME, v1).tags[fid_key("ext", "new-protocol")] == "9.0"
-    assert client.get_model_version_by_alias(NAME, "previous").version == v1
-    assert _champion(url) == v2
+    assert client.get_model_version(name, v1).tags[fid_key("ext", "new-protocol")] == "9.0"
+    assert client.get_model_version_by_alias(name, "previous").version == v1
+    assert _champion(url, name) == v2
 
 
-def test_racing_promotions_end_with_the_better_model(mlflow_srv) -> None:  # noqa: ANN001
+def test_racing_promotions_end_with_the_better_model(mlflow_srv, name: str) -> None:  # noqa: ANN001
     import mlflow
 
     _, url = mlflow_srv
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
-    versions = _versions(url, 6)
+    versions = _versions(url, name, 6)
     fids = [9.0, 4.0, 7.0, 3.0, 8.0, 5.0]
     barrier = threading.Barrier(len(versions))
     errors: list[BaseException] = []
@@ -147,7 +152,7 @@ def test_racing_promotions_end_with_the_better_model(mlflow_srv) -> None:  # noq
     def go(v: str, fid: float) -> None:
         try:
             barrier.wait()
-            _gate(v, fid)
+            _gate(name, v, fid)
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
@@ -157,10 +162,10 @@ def test_racing_promotions_end_with_the_better_model(mlflow_srv) -> None:  # noq
     for t in threads:
         t.join(120)
     assert not errors
-    assert _champion(url) == versions[fids.index(min(fids))]
+    assert _champion(url, name) == versions[fids.index(min(fids))]
 
 
-def test_concurrent_alias_writes_survive_the_stores_race(mlflow_srv) -> None:  # noqa: ANN001
+def test_concurrent_alias_writes_survive_the_stores_race(mlflow_srv, name: str) -> None:  # noqa: ANN001
     """MLflow's SQL store sets an alias by select-then-insert, so writers racing on a missing alias
     can hit a UNIQUE constraint error (seen in CI: raw clients fail in a few of 15 rounds here).
     The gate's writes retry such conflicts: every round must end with one valid champion."""
@@ -170,16 +175,16 @@ def test_concurrent_alias_writes_survive_the_stores_race(mlflow_srv) -> None:  #
 
     _, url = mlflow_srv
     client = MlflowClient(url, url)
-    versions = _new_versions(client, "alias-race", 6)
+    versions = _new_versions(client, name, 6)
     errors: list[BaseException] = []
     for _ in range(15):
-        client.delete_registered_model_alias("alias-race", "champion")
+        client.delete_registered_model_alias(name, "champion")
         barrier = threading.Barrier(len(versions))
 
         def go(v: str) -> None:
             try:
                 barrier.wait()
-                _set_alias(client, "alias-race", "champion", v)
+                _set_alias(client, name, "champion", v)
             except BaseException as err:  # noqa: BLE001
                 errors.append(err)
 
@@ -188,7 +193,7 @@ def test_concurrent_alias_writes_survive_the_stores_race(mlflow_srv) -> None:  #
             t.start()
         for t in threads:
             t.join(60)
-        assert client.get_model_version_by_alias("alias-race", "champion").version in versions
+        assert client.get_model_version_by_alias(name, "champion").version in versions
     assert not errors
 
 
@@ -203,7 +208,7 @@ def test_unreachable_server_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         configure(make_params(), tmp_path)
 
 
-def test_promote_against_a_dead_server_fails_at_its_start_and_moves_no_alias(prefect_api: str, mlflow_srv, project: Path) -> None:  # noqa: ANN001
+def test_promote_against_a_dead_server_fails_at_its_start_and_moves_no_alias(prefect_api: str, mlflow_own, project: Path) -> None:  # noqa: ANN001
     """The tracking server stops before `promote`: the step fails at its start with the server
     named (no task runs against a dead server), and no alias moves."""
     import mlflow
@@ -215,17 +220,18 @@ def test_promote_against_a_dead_server_fails_at_its_start_and_moves_no_alias(pre
     from components.params import load_params
     from pipelines.ingest_flow import ingest
     from pipelines.promote_flow import promote as promote_flow
-    from tests.fixtures import TINY
+    from tests.fixtures import TINY, registry_names
 
-    server, url = mlflow_srv
+    server, url = mlflow_own
     ingest(str(project), "params.yaml", TINY)
     params = load_params(project / "params.yaml", TINY)
     result = train_local(params, project / "prepared", project / "checkpoints", progress=False)
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     client = MlflowClient(url, url)
-    v_champ = _versions_named(client, "metagen")
-    client.set_registered_model_alias("metagen", "champion", v_champ)
+    model, _ = registry_names(project)  # the name the promote flow registers under
+    v_champ = _versions_named(client, model)
+    client.set_registered_model_alias(model, "champion", v_champ)
     run_id = client.create_run(client.create_experiment("outage")).info.run_id
     report = {"extractor": {"digest": "e"}, "protocol": {"digest": "p"},
               "rows": [{"model": "meta", "sampling": "support", "fid_mean": 1.0}]}
@@ -248,15 +254,15 @@ def test_promote_against_a_dead_server_fails_at_its_start_and_moves_no_alias(pre
     assert not any(n.startswith(("register-model", "promotion-gate")) for n in names), names
 
     server.start()
-    assert str(client.get_model_version_by_alias("metagen", "champion").version) == v_champ
-    assert [m.version for m in client.search_model_versions("name='metagen'")] == [v_champ]
+    assert str(client.get_model_version_by_alias(model, "champion").version) == v_champ
+    assert [m.version for m in client.search_model_versions(f"name='{model}'")] == [v_champ]
 
 
 def _versions_named(client, name: str) -> str:  # noqa: ANN001
     return _new_versions(client, name, 1)[0]
 
 
-def test_tracking_server_gone_mid_run_is_one_line_naming_server_and_step(mlflow_srv, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tracking_server_gone_mid_run_is_one_line_naming_server_and_step(mlflow_own, tmp_path: Path) -> None:  # noqa: ANN001
     """MLflow lost after the run started: the step that logs fails with one line naming the server
     and the step (after MLflow's bounded retries), not a stack of HTTP tracebacks."""
     from mlflow import MlflowClient
@@ -265,7 +271,7 @@ def test_tracking_server_gone_mid_run_is_one_line_naming_server_and_step(mlflow_
 
     import mlflow
 
-    server, url = mlflow_srv
+    server, url = mlflow_own
     mlflow.set_tracking_uri(url)  # the process-wide URI the logging uses (another test may have set it)
     client = MlflowClient(url)
     run_id = client.create_run(client.create_experiment("outage")).info.run_id

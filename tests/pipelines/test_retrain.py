@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from components.errors import MetagenError
-from tests.fixtures import TINY
+from tests.fixtures import TINY, registry_names
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 METAGEN = str(Path(sys.executable).parent / "metagen")
@@ -24,6 +24,7 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
     from pipelines.retrain_flow import retrain
 
     _, url = mlflow_srv
+    model, _ = registry_names(project)
     # six meta-steps cannot beat the baselines: this run checks the flow, test_registry the gate's rules
     lenient = [*TINY, "registry.require_beats_baselines=false", "registry.max_copy_rate=1.0"]
     first = retrain(str(project), "params.yaml", lenient, local=True)
@@ -32,13 +33,13 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
     assert first["tracking_uri"] == url
 
     client = MlflowClient(url)
-    mv = client.get_model_version("metagen", d1["version"])
+    mv = client.get_model_version(model, d1["version"])
     for tag in ("data.raw_md5", "data.prepared_md5", "git.commit", "git.dirty", "params.digest",
                 "eval.extractor_digest", "eval.protocol_digest", "eval.extractor_heldout_accuracy", "gate.decision",
                 "gate.reason"):
         assert mv.tags.get(tag) not in (None, "", "None"), tag
     assert mv.tags["gate.decision"] == "promoted"
-    assert client.get_model_version_by_alias("metagen", "champion").version == d1["version"]
+    assert client.get_model_version_by_alias(model, "champion").version == d1["version"]
     run = client.get_run(first["run_id"])
     assert run.data.tags["data.raw_md5"] == mv.tags["data.raw_md5"]
     assert "eval.support.fid_mean" in run.data.metrics and "train_loss" in run.data.metrics
@@ -59,9 +60,9 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
     assert d2["decision"] == "rejected" and "registry.fid_threshold 1e-09 (FAIL)" in d2["reason"]
     for name in ("pretrain", "scratch", "support_replay"):  # every baseline is compared or named as a copier
         assert name in d2["reason"], d2["reason"]
-    mv2 = client.get_model_version("metagen", d2["version"])
+    mv2 = client.get_model_version(model, d2["version"])
     assert mv2.tags["gate.decision"] == "rejected" and mv2.tags["gate.reason"] == d2["reason"]
-    assert client.get_model_version_by_alias("metagen", "champion").version == d1["version"]
+    assert client.get_model_version_by_alias(model, "champion").version == d1["version"]
 
     # a consumer: the champion adapts on K images of a held-out class and writes a grid
     support = tmp_path / "support"
@@ -160,7 +161,7 @@ def test_failed_step_marks_the_run_failed(prefect_api: str, mlflow_srv, project:
     with pytest.raises(MetagenError, match="no-inception.pth"):
         retrain(str(project), "params.yaml", [*TINY, "eval.extractor=inception", f"eval.inception_weights={missing}"],
                 local=True)
-    experiment = client.get_experiment_by_name("metagen").experiment_id
+    experiment = client.get_experiment_by_name(registry_names(project)[1]).experiment_id
     (failed,) = client.search_runs([experiment], "tags.`metagen.kind` = 'retrain'", order_by=["attributes.start_time DESC"],
                                    max_results=1)
     assert failed.info.status == "FAILED"
