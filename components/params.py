@@ -89,6 +89,7 @@ class MetaParams(_Section):
     vectorize: bool
     rotate_classes: bool
     context_dropout: float = Field(default=0.0, ge=0, lt=1)  # share of tasks that start from a null context
+    upright_steps: int = Field(default=0, ge=0)  # with rotate_classes: the last N meta-steps draw upright classes only
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,15 @@ METRIC = "val_loss"
 
 
 def trial_params(params: Params, sample: dict[str, Any]) -> Params:
-    """The trial's params: the sample applied, ``tune.max_steps`` steps, a report per validation."""
+    """The trial's params: the sample applied, ``tune.max_steps`` steps (the upright share of
+    ``meta.upright_steps`` kept), a report per validation."""
     t = params.tune
     val_every = min(t.val_every, t.max_steps)
+    upright_share = min(params.meta.upright_steps / params.train.steps, 1.0)  # the curriculum, scaled
     updates = {
         **sample,
         "train.steps": t.max_steps,
+        "meta.upright_steps": round(t.max_steps * upright_share),
         "train.val_every": val_every,
         "train.report_every": val_every,
         "train.checkpoint_every": val_every * max(1, params.train.checkpoint_every // val_every),

@@ -1,7 +1,9 @@
 """Few-shot tasks: one class, K support and Q query images, drawn from a split held in memory.
 
 With ``rotate_classes`` each task's class is rotated by a random multiple of 90 degrees, the
-usual Omniglot augmentation that multiplies the training classes by four.
+usual Omniglot augmentation that multiplies the training classes by four; from step
+``rotate_until`` on (``meta.upright_steps`` before the end) tasks are upright again, the classes as
+the generator will be asked for them. Validation tasks are always upright, with their full context.
 
 A meta-batch is a pure function of ``(seed, step)``: the same seed gives the same tasks, and a
 Ray worker can take its share (``rank::world``) of exactly the batch one worker would draw.
@@ -53,7 +55,7 @@ class TaskBatch:
 
 class TaskSampler:
     def __init__(self, split: Split, k_shot: int, k_query: int, latent_dim: int, inner_steps: int, seed: int,
-                 rotate_classes: bool = False, context_dropout: float = 0.0) -> None:
+                 rotate_classes: bool = False, context_dropout: float = 0.0, rotate_until: int | None = None) -> None:
         self.per_class = [torch.from_numpy(np.ascontiguousarray(a)) for a in split.by_class()]
         too_small = [split.classes[i] for i, a in enumerate(self.per_class) if len(a) < k_shot + k_query]
         if too_small:
@@ -64,18 +66,20 @@ class TaskSampler:
         self.k_shot, self.k_query = k_shot, k_query
         self.latent_dim, self.inner_steps, self.seed = latent_dim, inner_steps, seed
         self.rotate_classes = rotate_classes
+        self.rotate_until = rotate_until  # steps from here on draw upright classes (None: rotate throughout)
         self.context_dropout = context_dropout
 
     def sample(self, step: int, batch_size: int) -> TaskBatch:
         rng = np.random.default_rng([self.seed, step])
         n = len(self.per_class)
         classes = rng.choice(n, size=batch_size, replace=batch_size > n)
+        rotate = self.rotate_classes and (self.rotate_until is None or step < self.rotate_until)
         sup, qry = [], []
         for c in classes:
             imgs = self.per_class[int(c)]
             idx = torch.from_numpy(rng.permutation(len(imgs))[: self.k_shot + self.k_query])
             chosen = imgs[idx]
-            if self.rotate_classes:  # a class rotated by 90, 180 or 270 degrees is a new class (x4 classes)
+            if rotate:  # a class rotated by 90, 180 or 270 degrees is a new class (x4 classes)
                 chosen = torch.rot90(chosen, int(rng.integers(0, 4)), dims=(2, 3))
             sup.append(chosen[: self.k_shot])
             qry.append(chosen[self.k_shot :])

@@ -34,10 +34,16 @@ def build_learner(meta: MetaParams, cfg: VAEConfig, seed: int) -> MetaLearner:
     return MetaLearner(build_vae(cfg, seed=seed), meta)
 
 
-def make_sampler(params: Params, split: Split, seed: int) -> TaskSampler:
-    return TaskSampler(split, params.meta.k_shot, params.meta.k_query, params.model.latent_dim,
-                       params.meta.inner_steps, seed, rotate_classes=params.meta.rotate_classes,
-                       context_dropout=params.meta.context_dropout)
+def make_sampler(params: Params, split: Split, seed: int, training: bool = True) -> TaskSampler:
+    """Meta-training's tasks (rotated classes until ``meta.upright_steps`` before the end, context
+    dropout), or with ``training=False`` validation's: upright classes and their full context, the
+    tasks the evaluation and the users give."""
+    meta = params.meta
+    if not training:
+        return TaskSampler(split, meta.k_shot, meta.k_query, params.model.latent_dim, meta.inner_steps, seed)
+    return TaskSampler(split, meta.k_shot, meta.k_query, params.model.latent_dim, meta.inner_steps, seed,
+                       rotate_classes=meta.rotate_classes, context_dropout=meta.context_dropout,
+                       rotate_until=max(params.train.steps - meta.upright_steps, 0))
 
 
 def train_step(learner: MetaLearner, batch: TaskBatch, rank: int = 0, world: int = 1,
@@ -206,7 +212,7 @@ def run_loop(learner: MetaLearner, params: Params, state: TrainState, train: Spl
     shard = shard or Shard()
     t = params.train
     sampler = make_sampler(params, train, t.seed)
-    val_sampler = make_sampler(params, val, t.seed + 1)
+    val_sampler = make_sampler(params, val, t.seed + 1, training=False)
     last = t.steps if last is None else min(last, t.steps)
     done, started = 0, time.perf_counter()
     while state.step < last:

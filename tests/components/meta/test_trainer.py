@@ -63,7 +63,7 @@ def test_meta_training_makes_adaptation_help_on_held_out_digits(tmp_path: Path, 
     result = train_local(params, digits_prepared, tmp_path, progress=False)
     learner = load_learner(result.checkpoint).learner
     test = load_split(digits_prepared, "test")
-    sampler = make_sampler(params, test, seed=99)
+    sampler = make_sampler(params, test, seed=99, training=False)
     scores = validate(learner, sampler, n_tasks=8, seed=7)
     # gradient steps on the set encoder's context of K=5 images of an unseen digit must lower its
     # query negative ELBO further (that the context itself carries the class: test_set_vae.py)
