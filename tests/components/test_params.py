@@ -95,3 +95,13 @@ def test_update_file_refuses_invalid(tmp_path: Path) -> None:
 def test_set_values_in_text_nested_only_in_section() -> None:
     text = "a:\n  seed: 1  # c\nb:\n  seed: 2\n"
     assert set_values_in_text(text, {"b.seed": 5}) == "a:\n  seed: 1  # c\nb:\n  seed: 5\n"
+
+
+def test_a_tune_trial_keeps_the_upright_share_of_training() -> None:
+    """A trial trains tune.max_steps steps: the upright phase keeps its share of them."""
+    from components.tuning import trial_params
+
+    params = make_params("train.steps=3900", "meta.rotate_classes=true", "meta.upright_steps=900", "tune.max_steps=130")
+    trial = trial_params(params, {"meta.outer_lr": 0.002})
+    assert trial.train.steps == 130 and trial.meta.upright_steps == 30 and trial.meta.outer_lr == 0.002
+    assert trial_params(make_params("tune.max_steps=50"), {}).meta.upright_steps == 0

@@ -67,6 +67,32 @@ def test_sampler_drops_contexts_at_the_configured_rate() -> None:
     assert 0.4 < 1 - float(b.keep_context.mean()) < 0.6
 
 
+def test_classes_rotate_until_the_upright_steps_and_validation_is_upright_with_full_context() -> None:
+    """meta.upright_steps: tasks of the last N steps are upright (the images as stored), earlier
+    ones rotated by k x 90 degrees; the validation sampler never rotates nor drops a context."""
+    from components.meta.trainer import make_sampler
+    from tests.conftest import make_params
+
+    rng = np.random.default_rng(0)
+    images = rng.random((6 * 12, 1, 28, 28), dtype=np.float32)
+    split = Split(images, np.repeat(np.arange(6), 12), [f"c{i}" for i in range(6)])
+    stored = {tuple(np.round(img.ravel()[:8], 6)) for img in images}
+
+    def upright(batch) -> list[bool]:  # noqa: ANN001
+        return [tuple(np.round(t[0].numpy().ravel()[:8], 6)) in stored for t in batch.support]
+
+    params = make_params("meta.rotate_classes=true", "meta.upright_steps=4", "meta.context_dropout=0.5", "meta.k_query=5",
+                         "train.steps=10")
+    train = make_sampler(params, split, seed=0)
+    early = [ok for step in range(6) for ok in upright(train.sample(step, 8))]
+    late = [ok for step in range(6, 10) for ok in upright(train.sample(step, 8))]
+    assert all(late) and not all(early) and any(early)  # k = 0 leaves a quarter of the early ones upright
+    val = make_sampler(params, split, seed=1, training=False)
+    for step in range(6):
+        batch = val.sample(step, 8)
+        assert all(upright(batch)) and batch.keep_context is None
+
+
 def test_context_is_permutation_invariant() -> None:
     model, params = _model()
     support = _batch().support[0]
