@@ -250,7 +250,7 @@ def _print_timings(summary: dict, path: str) -> None:
 @app.command()
 def generate(
     support: Annotated[Path, typer.Option(help="folder of K support images of the new class")],
-    model: Annotated[str, typer.Option(help="registry URI")] = "models:/metagen@champion",
+    model: Annotated[Optional[str], typer.Option(help="registry URI (default: the champion of registry.model_name)")] = None,
     n: Annotated[int, typer.Option(help="images to generate")] = 16,
     out: Annotated[Path, typer.Option(help="PNG grid to write")] = Path("grid.png"),
     params_path: ParamsOpt = Path("params.yaml"),
@@ -263,7 +263,8 @@ def generate(
 
     params = _load(project_dir / params_path, set_)
     configure(params, project_dir)
-    path = generate_grid(model, support, n, out, params.data.max_image_pixels)
+    uri = model or f"models:/{params.registry.model_name}@champion"
+    path = generate_grid(uri, support, n, out, params.data.max_image_pixels)
     console.print(f"wrote {path}")
 
 
