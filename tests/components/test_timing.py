@@ -26,7 +26,9 @@ def test_nested_phases_overhead_and_order(tmp_path: Path) -> None:
     p = s["phases"]
     assert p["train"]["seconds"] >= p["train/ray start-up"]["seconds"] + p["train/fit"]["seconds"]
     expected = p["train/ray start-up"]["seconds"] + p["mlflow logging"]["seconds"] + 0.001
-    assert abs(s["overhead_s"] - expected) < 1e-3
+    # each figure is rounded to the millisecond: two rounded terms and the rounded sum differ by
+    # at most 1.5 ms; counting "inner call" twice would add its 10 ms
+    assert abs(s["overhead_s"] - expected) <= 2e-3
     out = write(tmp_path / "timings.json", s)
     assert json.loads(out.read_text())["phases"]["train/fit"]["kind"] == "work"
 
