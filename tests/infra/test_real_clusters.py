@@ -18,23 +18,58 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
 
 
+def _stop_processes_mentioning(*needles: str) -> None:
+    """Stop this cluster's processes (and their children: the agents) and nothing else: ``ray stop``
+    would also kill the local Ray of a test running beside this one (pytest-xdist)."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if any(n in cmdline for n in needles) and proc.pid != os.getpid():
+            found[proc.pid] = proc
+            try:
+                found.update((c.pid, c) for c in proc.children(recursive=True))
+            except psutil.Error:
+                pass
+    for proc in found.values():
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(found.values()), timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
 @pytest.fixture
 def ray_start_cluster(tmp_path: Path) -> Iterator[str]:
+    """Two `ray start` processes (head and worker, one CPU each) on ports of their own, in a temp
+    dir of their own, stopped by those marks."""
+    import tempfile
+
     import ray
 
     ray.shutdown()
-    port = free_port()
+    port, dashboard, client = free_port(), free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                    "--dashboard-host=127.0.0.1", "--disable-usage-stats"], env=env, check=True,
-                   capture_output=True, timeout=180)
     address = f"127.0.0.1:{port}"
-    subprocess.run([str(BIN / "ray"), "start", f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.1"],
-                   env={**env, "RAY_AUTH_MODE": "token"}, check=True, capture_output=True, timeout=180)
     try:
+        subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=1",
+                        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                        f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                       env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([str(BIN / "ray"), "start", f"--address={address}", "--num-cpus=1",
+                        "--node-ip-address=127.0.0.1"],
+                       env={**env, "RAY_AUTH_MODE": "token"}, check=True, capture_output=True, timeout=180)
         yield address
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        _stop_processes_mentioning(temp_dir, f"--port={client} ")
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_metagen_train_on_a_two_process_ray_cluster(ray_start_cluster: str, prefect_api: str, project: Path,
