@@ -58,6 +58,10 @@ class DomainCNN(nn.Module):
             c_in = width
         self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, num_classes)
+        # channels-last weights make every activation channels-last: the same arithmetic, but CPU
+        # max-pooling and BatchNorm are vectorised in that layout (NCHW max-pool was 29% of a step):
+        # a training step 1.5x (width 32) to 2x (width 64) faster, measured in benchmarks/fid.py
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
