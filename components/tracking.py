@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,23 +18,13 @@ from PIL import Image
 
 from components.errors import MetagenError, ServerUnreachable
 from components.evaluation.pictures import grid_image
-from components.net import check_health
+from components.net import check_reachable, tracking_uri
 from components.params import Params, flatten
 from components.timing import phase
 
 log = logging.getLogger(__name__)
 ERROR_TAG = "metagen.error"
 TABLE_FILE = "eval/rows.json"
-
-
-def tracking_uri(params: Params, root: Path) -> str:
-    return params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, with the URI in the message, when an MLflow server does not answer."""
-    if uri.startswith(("http://", "https://")):
-        check_health(uri, "MLflow tracking server (MLFLOW_TRACKING_URI)", timeout)
 
 
 def configure(params: Params, root: Path) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ import torch.distributed as dist
 
 from components.data.prepare import load_split
 from components.errors import MetagenError, ServerUnreachable
+from components.net import check_ray_address, ray_address
 from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from components.meta.learner import MetaLearner
 from components.meta.trainer import (
@@ -132,26 +132,6 @@ def _write_worker_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 def worker_summaries(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "workers").glob("*.json"))]
-
-
-def ray_address(params: Params) -> str | None:
-    return os.environ.get("RAY_ADDRESS") or params.train.ray_address
-
-
-def check_ray_address(address: str, timeout: float = 5.0) -> None:
-    """A TCP probe of ``host:port`` (or ``ray://host:port``) so that a dead cluster fails in
-    seconds instead of ray.init's minutes of retries."""
-    if address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise MetagenError(f"RAY_ADDRESS / train.ray_address: expected host:port or ray://host:port, got {address!r}")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError as err:
-        raise ServerUnreachable(f"cannot reach the Ray cluster at {address!r} (RAY_ADDRESS / train.ray_address): {err}") from None
 
 
 _RAY_INIT = threading.Lock()

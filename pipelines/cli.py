@@ -1,4 +1,7 @@
-"""The ``metagen`` command line. Each command validates params.yaml once and calls a flow or a component."""
+"""The ``metagen`` command line. Each command validates params.yaml once and calls a flow or a component.
+
+Bad input is refused before the heavy imports (torch, MLflow, Ray, Prefect: ~8 s): a command reads
+its params and probes its servers first, and imports its flow after."""
 
 from __future__ import annotations
 
@@ -43,10 +46,8 @@ def _load(params_path: Path, overrides: list[str] | None):  # noqa: ANN202
 
 def _preflight(project_dir: Path, params_path: Path, overrides: list[str] | None):  # noqa: ANN202
     """Validate params and reach the configured servers before any flow starts."""
-    from components.tracking import check_reachable, tracking_uri
+    from components.net import check_ray_address, check_reachable, ray_address, tracking_uri
     from pipelines.runtime import check_prefect_api
-
-    from components.training import check_ray_address, ray_address
 
     params = _load(project_dir / params_path, overrides)
     check_prefect_api()
@@ -69,8 +70,6 @@ def ingest(
 ) -> None:
     """Data in: re-read the source into data/, `dvc add`, `dvc repro prepare`, `dvc push`; print the
     data version. `--pull`: fetch the committed data from the DVC remote instead when it is there."""
-    from pipelines.ingest_flow import ingest as ingest_flow
-
     overrides = list(set_ or [])
     if source is not None:
         overrides.append(f"data.source={source}")
@@ -79,6 +78,8 @@ def ingest(
     if path is not None:
         overrides.append(f"data.path={Path(path).resolve()}")
     params = _preflight(project_dir, params_path, overrides)
+    from pipelines.ingest_flow import ingest as ingest_flow
+
     version = ingest_flow(str(project_dir), str(params_path), overrides, refresh=not pull, params=params)
     if version.get("data_changed"):
         console.print("[yellow]data changed[/]: data.dvc now differs from the committed version")
@@ -89,9 +90,9 @@ def ingest(
 @app.command()
 def prepare(params_path: ParamsOpt = Path("params.yaml"), project_dir: ProjectOpt = Path(".")) -> None:
     """The dvc.yaml `prepare` stage: data/ -> prepared/ (run by `dvc repro`)."""
+    params = _load(params_path, None)
     from components.data.prepare import prepare as run_prepare
 
-    params = _load(params_path, None)
     manifest = run_prepare(project_dir / params.data.raw_dir, project_dir / params.data.prepared_dir, params.data)
     console.print({k: v["num_images"] for k, v in manifest["splits"].items()})
 
@@ -99,18 +100,18 @@ def prepare(params_path: ParamsOpt = Path("params.yaml"), project_dir: ProjectOp
 @app.command()
 def version(project_dir: ProjectOpt = Path("."), params_path: ParamsOpt = Path("params.yaml")) -> None:
     """Print the data version (DVC md5s, git commit, dirty flag)."""
+    params = _load(params_path, None)
     from components.data.lineage import data_version
 
-    params = _load(params_path, None)
     console.print_json(data=data_version(project_dir, params.data.prepared_dir).__dict__)
 
 
 @app.command()
 def features(params_path: ParamsOpt = Path("params.yaml"), project_dir: ProjectOpt = Path(".")) -> None:
     """The dvc.yaml `features` stage: train the domain feature extractor on meta-train classes."""
+    params = _load(params_path, None)
     from components.evaluation.evaluate import build_domain_features
 
-    params = _load(params_path, None)
     metrics = build_domain_features(params, project_dir / params.data.prepared_dir, project_dir / params.eval.features_dir)
     console.print_json(data=metrics)
 
@@ -124,15 +125,15 @@ def train(
 ) -> None:
     """Meta-train the generator (Ray Train on RAY_ADDRESS or a local Ray; `--local`: in this process)."""
     if local:  # the in-process path shows a progress bar and needs neither Prefect nor MLflow
+        params = _load(project_dir / params_path, set_)
         from components.meta.trainer import train_local
 
-        params = _load(project_dir / params_path, set_)
         result = train_local(params, project_dir / params.data.prepared_dir, project_dir / params.train.checkpoint_dir)
         console.print(f"checkpoint: {result.checkpoint} (step {result.step}, val -ELBO {result.final_val_loss})")
         return
+    params = _preflight(project_dir, params_path, set_)
     from pipelines.train_flow import train as train_flow
 
-    params = _preflight(project_dir, params_path, set_)
     out = train_flow(str(project_dir), params=params)
     console.print(f"checkpoint: {out['checkpoint']} (step {out['step']}, val -ELBO {out['final_val_loss']}); "
                   f"MLflow run {out['run_id']}")
@@ -145,9 +146,9 @@ def tune(
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Ray Tune over tune.search_space with ASHA; prints the best config and writes the results table."""
+    params = _preflight(project_dir, params_path, set_)
     from pipelines.tune_flow import tune as tune_flow
 
-    params = _preflight(project_dir, params_path, set_)
     out = tune_flow(str(project_dir), params=params)
     console.print("train with: metagen train " + " ".join(f"--set {k}={v}" for k, v in out["best_config"].items()))
 
@@ -164,10 +165,10 @@ def evaluate(
     from components.timing import TIMINGS
 
     TIMINGS.mark("process", _STARTED)
-    with TIMINGS.phase("imports", "overhead"):
-        from pipelines.evaluate_flow import evaluate as evaluate_flow
     with TIMINGS.phase("pre-flight", "overhead"):
         params = _preflight(project_dir, params_path, set_)
+    with TIMINGS.phase("imports", "overhead"):
+        from pipelines.evaluate_flow import evaluate as evaluate_flow
     TIMINGS.mark("flow call")
     out = evaluate_flow(str(project_dir), checkpoint=str(checkpoint) if checkpoint else None, model_uri=model,
                         params=params)
@@ -183,9 +184,9 @@ def promote(
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Register the checkpoint as a new model version and apply the FID gate (reads reports/eval.json)."""
+    params = _preflight(project_dir, params_path, set_)
     from pipelines.promote_flow import promote as promote_flow
 
-    params = _preflight(project_dir, params_path, set_)
     promote_flow(str(project_dir), checkpoint=str(checkpoint or ""), params=params)
 
 
@@ -202,10 +203,10 @@ def run(
 
     TIMINGS.mark("process", _STARTED)
     TIMINGS.add("cli start-up", time.perf_counter() - _STARTED, "overhead")
+    with TIMINGS.phase("pre-flight", "overhead"):  # params and servers checked before the heavy imports
+        params = _preflight(project_dir, params_path, set_)
     with TIMINGS.phase("imports", "overhead"):
         from pipelines.retrain_flow import retrain
-    with TIMINGS.phase("pre-flight", "overhead"):
-        params = _preflight(project_dir, params_path, set_)
     start = time.perf_counter()
     TIMINGS.mark("flow call")
     out = retrain(str(project_dir), str(params_path), list(set_ or []), local=local, params=params)
@@ -258,10 +259,10 @@ def generate(
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Load a registered generator, adapt it on the images in SUPPORT, write a PNG grid of samples."""
+    params = _load(project_dir / params_path, set_)
     from components.generate import generate_grid
     from components.tracking import configure
 
-    params = _load(project_dir / params_path, set_)
     configure(params, project_dir)
     uri = model or f"models:/{params.registry.model_name}@champion"
     path = generate_grid(uri, support, n, out, params.data.max_image_pixels)
@@ -274,9 +275,9 @@ def schedule(
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Serve the `retrain` flow as a Prefect deployment on the cron schedule of params.yaml (blocks)."""
+    params = _load(project_dir / params_path, None)
     from pipelines.schedule import serve_retrain
 
-    params = _load(project_dir / params_path, None)
     serve_retrain(params, str(project_dir.resolve()), str(params_path))
 
 
