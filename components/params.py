@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.errors import ParamsError
 
@@ -208,6 +208,14 @@ class EvalParams(_Section):
     pretrain_lr: float = Field(gt=0)
     reports_dir: str
     distributed: bool = True  # spread classes and scoring over Ray (RAY_ADDRESS or a local Ray); false: in-process
+
+    @field_validator("baseline_lrs")
+    @classmethod
+    def _check_baseline_lrs(cls, lrs: list[float]) -> list[float]:
+        # 0 is a fair candidate for `pretrain` (no fine-tuning) but not for `scratch` (an untrained network)
+        if any(lr < 0 for lr in lrs) or not any(lr > 0 for lr in lrs):
+            raise ValueError("expected learning rates >= 0, at least one > 0")
+        return lrs
 
 
 class RegistryParams(_Section):

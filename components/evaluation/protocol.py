@@ -305,16 +305,18 @@ def choose_lrs(
     """Each baseline's adaptation lr on meta-val classes (one repeat, every baseline x lr at once):
     the lowest FID among the lrs whose samples do not copy (copy rate <= ``max_copy_rate``), so
     that the strongest honest generator is the one compared; if every lr copies, the lowest FID
-    (and the row says it copies)."""
+    (and the row says it copies). lr 0 is a candidate only for a baseline that starts trained
+    (``pretrain`` as it is); for ``scratch`` it would be an untrained network, which copies nothing."""
     seed = protocol.eval.seed + 7
-    candidates = [replace(gen, lr=lr) for gen in gens for lr in lrs]
-    results = run_generators(candidates, val, val_feats, extractor, protocol, [seed], (mode,), score_aug=False,
-                             score_nll=False, mapper=mapper)
+    own_lrs = [[lr for lr in lrs if lr > 0 or gen.start is not None] for gen in gens]
+    candidates = [replace(gen, lr=lr) for gen, mine in zip(gens, own_lrs, strict=True) for lr in mine]
+    results = iter(run_generators(candidates, val, val_feats, extractor, protocol, [seed], (mode,),
+                                  score_aug=False, score_nll=False, mapper=mapper))
     chosen = []
-    for i, gen in enumerate(gens):
+    for gen, mine in zip(gens, own_lrs, strict=True):
         scores = {f"{lr:g}": {"fid": res[0].metrics[mode]["fid"], "copy_rate": res[0].metrics[mode]["copy_rate"]}
-                  for lr, res in zip(lrs, results[i * len(lrs) : (i + 1) * len(lrs)], strict=True)}
-        honest = [lr for lr in lrs if scores[f"{lr:g}"]["copy_rate"] <= max_copy_rate] or list(lrs)
+                  for lr, res in zip(mine, [next(results) for _ in mine], strict=True)}
+        honest = [lr for lr in mine if scores[f"{lr:g}"]["copy_rate"] <= max_copy_rate] or list(mine)
         best = min(honest, key=lambda lr: scores[f"{lr:g}"]["fid"])
         log.info("%s: adaptation lr %g chosen on meta-val (FID and copy rate by lr: %s)", gen.name, best, scores)
         chosen.append((replace(gen, lr=best), scores))

@@ -105,3 +105,10 @@ def test_a_tune_trial_keeps_the_upright_share_of_training() -> None:
     trial = trial_params(params, {"meta.outer_lr": 0.002})
     assert trial.train.steps == 130 and trial.meta.upright_steps == 30 and trial.meta.outer_lr == 0.002
     assert trial_params(make_params("tune.max_steps=50"), {}).meta.upright_steps == 0
+
+
+@pytest.mark.parametrize("lrs", ["[0.0]", "[]", "[-0.001, 0.001]"])
+def test_baseline_lrs_need_a_positive_rate_and_no_negative_one(lrs: str) -> None:
+    """`scratch` starts from a fresh network: with lr 0 alone it would be an untrained one."""
+    with pytest.raises(ParamsError, match=r"eval\.baseline_lrs"):
+        make_params(f"eval.baseline_lrs={lrs}")

@@ -107,3 +107,21 @@ def test_a_weak_extractor_stops_the_evaluation(tmp_path: Path, digits_prepared: 
 def test_a_missing_extractor_names_the_dvc_stage(tmp_path: Path) -> None:
     with pytest.raises(MetagenError, match="dvc repro features"):
         load_extractor(make_params(), tmp_path / "nothing-here")
+
+
+def test_scratch_never_chooses_an_untrained_network(setup, digits_prepared: Path) -> None:  # noqa: ANN001
+    """lr 0 leaves `pretrain` as trained (a fair candidate) but `scratch` as its random init: the
+    lr choice offers 0 to the first only, so `scratch` cannot win it by not learning (it did on
+    the digits, where every lr > 0 copied on meta-val)."""
+    from components.evaluation.protocol import choose_lrs
+
+    params, _, learner, extractor, protocol, _ = setup
+    plain = ConvVAE(replace(learner.model.cfg, context_dim=0))
+    gens = [FinetuneGenerator("pretrain", plain, param_dict(plain), steps=2),
+            FinetuneGenerator("scratch", plain, None, steps=3)]
+    val = load_split(digits_prepared, "val")
+    val_feats = extractor.features(torch.from_numpy(val.images))
+    (pretrain, p_scores), (scratch, s_scores) = choose_lrs(gens, val, val_feats, extractor, protocol, [0.0, 0.001],
+                                                           "support", max_copy_rate=0.0)
+    assert set(p_scores) == {"0", "0.001"} and pretrain.lr in (0.0, 0.001)
+    assert set(s_scores) == {"0.001"} and scratch.lr == 0.001
