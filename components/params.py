@@ -275,14 +275,14 @@ def format_validation_error(err: ValidationError) -> str:
         if isinstance(e.get("input"), dict):
             shown = ""
         lines.append(f"{loc}: {msg}{shown}")
-    return "\n".join(lines)
+    return "; ".join(lines)  # one line, however many problems
 
 
 def validate_params(raw: dict[str, Any], source: str = "params") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(f"invalid {source}:\n{format_validation_error(err)}") from None
+        raise ParamsError(f"invalid {source}: {format_validation_error(err)}") from None
 
 
 def read_params_dict(path: str | Path) -> dict[str, Any]:
@@ -339,8 +339,8 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         except ValidationError:
             pass
         else:  # the file alone is valid: the overrides broke it
-            raise ParamsError(f"invalid --set override ({' '.join(overrides)}) on {path}:\n{detail}") from None
-    raise ParamsError(f"invalid {path}:\n{detail}") from None
+            raise ParamsError(f"invalid --set override ({' '.join(overrides)}) on {path}: {detail}") from None
+    raise ParamsError(f"invalid {path}: {detail}") from None
 
 
 def with_updates(params: Params, updates: dict[str, Any]) -> Params:

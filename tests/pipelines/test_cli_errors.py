@@ -28,12 +28,25 @@ def test_wrong_type_in_params_file(tmp_path: Path) -> None:
     res = metagen("train", "--local", "--params", str(tmp_path / "params.yaml"))
     assert res.returncode == 2
     assert "meta.inner_steps" in res.stdout and "'three'" in res.stdout
+    assert len(res.stdout.strip().splitlines()) == 1, res.stdout  # one line: file, key, value
+
+
+def test_every_error_of_a_params_file_on_one_line(tmp_path: Path) -> None:
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["meta"]["inner_steps"] = "three"
+    raw["train"]["steps"] = -5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    res = metagen("train", "--local", "--params", str(tmp_path / "params.yaml"))
+    assert res.returncode == 2
+    (line,) = res.stdout.strip().splitlines()
+    assert str(tmp_path / "params.yaml") in line and "meta.inner_steps" in line and "train.steps" in line
 
 
 def test_bad_set_override() -> None:
     res = metagen("train", "--local", "--set", "meta.inner_lr=-1")
     assert res.returncode == 2 and "meta.inner_lr: must be > 0, got -1" in res.stdout
     assert "invalid --set override (meta.inner_lr=-1)" in res.stdout  # not "invalid params.yaml"
+    assert len(res.stdout.strip().splitlines()) == 1, res.stdout
 
 
 def test_unreachable_prefect_api() -> None:
