@@ -187,7 +187,7 @@ class EvalParams(_Section):
     inner_lr: float | None = Field(gt=0)
     samples_per_class: int = Field(ge=2)
     sampling: Literal["prior", "support"]
-    temperature: float = Field(gt=0)
+    temperatures: list[float] = Field(min_length=1)
     extractor: Literal["domain", "inception"]
     inception_weights: str | None
     features_dir: str
@@ -200,18 +200,25 @@ class EvalParams(_Section):
     copy_percentile: float = Field(gt=0, lt=100)
     kid_subsets: int = Field(ge=1)
     kid_subset_size: int = Field(ge=2)
-    baseline_lrs: list[float]
+    finetune_lrs: list[float]
     lr_choice_classes: int = Field(ge=1)
-    baseline_steps: int = Field(ge=0)
+    finetune_steps: int = Field(ge=0)
     scratch_steps: int = Field(ge=0)
     augment_steps: int = Field(ge=1)
     pretrain_lr: float = Field(gt=0)
     reports_dir: str
     distributed: bool = True  # spread classes and scoring over Ray (RAY_ADDRESS or a local Ray); false: in-process
 
-    @field_validator("baseline_lrs")
+    @field_validator("temperatures")
     @classmethod
-    def _check_baseline_lrs(cls, lrs: list[float]) -> list[float]:
+    def _check_temperatures(cls, temps: list[float]) -> list[float]:
+        if any(not t > 0 for t in temps):
+            raise ValueError("expected sampling temperatures > 0")
+        return temps
+
+    @field_validator("finetune_lrs")
+    @classmethod
+    def _check_finetune_lrs(cls, lrs: list[float]) -> list[float]:
         # 0 is a fair candidate for `pretrain` (no fine-tuning) but not for `scratch` (an untrained network)
         if any(lr < 0 for lr in lrs) or not any(lr > 0 for lr in lrs):
             raise ValueError("expected learning rates >= 0, at least one > 0")

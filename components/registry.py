@@ -310,12 +310,13 @@ def promote(
 
 
 def register_checkpoint(run_id: str, checkpoint: Path, params: Params, prepared_dir: Path,
-                        tags: dict[str, str]) -> str:
-    """Log the checkpoint's generator on ``run_id`` and register it as a new version."""
+                        tags: dict[str, str], rule: AdaptationRule) -> str:
+    """Log the checkpoint's generator on ``run_id``, adapting and sampling by ``rule`` (the one its
+    evaluation scored: the report's ``adaptation``), and register it as a new version."""
     learner = load_learner(checkpoint).learner
     test = load_split(prepared_dir, "test")
     example = test.images[test.labels == 0][: params.meta.k_shot].astype(np.float32)
-    uri = log_generator(run_id, learner, AdaptationRule.from_params(params), params, example)
+    uri = log_generator(run_id, learner, rule, params, example)
     return register(uri, params.registry.model_name, {**tags, "mlflow.run_id": run_id, "model_uri": uri})
 
 
@@ -326,5 +327,6 @@ def score_registered(uri: str, params: Params, root: Path) -> float:
     rule = replace(rule, sampling=params.eval.sampling)
     with tempfile.TemporaryDirectory(prefix="metagen-reeval-") as tmp:
         out = evaluate(restored.learner, rule, params, root / params.data.prepared_dir, Path(tmp),
-                       root / params.eval.features_dir, root / params.train.checkpoint_dir, baselines=False)
+                       root / params.eval.features_dir, root / params.train.checkpoint_dir, baselines=False,
+                       choose=False)
     return float(meta_row(out.report, params.eval.sampling)["fid_mean"])

@@ -246,7 +246,8 @@ def _baseline_params(params: Params, rows: list[dict[str, Any]], name: str) -> d
     out: dict[str, Any] = {"meta.k_shot": params.meta.k_shot, "eval.repeats": params.eval.repeats,
                            "eval.samples_per_class": params.eval.samples_per_class, "eval.seed": params.eval.seed,
                            "model.latent_dim": params.model.latent_dim, "model.width": params.model.width,
-                           "adapt_steps": row["adapt_steps"], "adapt_lr": row["adapt_lr"]}
+                           "adapt_steps": row["adapt_steps"], "adapt_lr": row["adapt_lr"],
+                           "sampling_temperature": row["temperature"]}
     if name == "pretrain":
         out.update({"train.pretrain_steps": params.train.pretrain_steps, "eval.pretrain_lr": params.eval.pretrain_lr})
     return out

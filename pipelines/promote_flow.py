@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow, task
 
 from components.errors import MetagenError
+from components.meta.adaptation import AdaptationRule
 from components.params import Params
 from components.registry import GateRules, promote as apply_gate, register_checkpoint, score_registered
 from components.timing import phase
@@ -18,10 +19,11 @@ from pipelines.common import resolve, retry_unless_user_error, run_name
 
 @task(name="register-model", retries=2, retry_delay_seconds=3,
       retry_condition_fn=retry_unless_user_error)
-def register_model(root: str, params: Params, run_id: str, checkpoint: str, tags: dict[str, str]) -> str:
+def register_model(root: str, params: Params, run_id: str, checkpoint: str, tags: dict[str, str],
+                   rule: AdaptationRule) -> str:
     with mlflow_step("registering the model"):
         configure(params, Path(root))
-        return register_checkpoint(run_id, Path(checkpoint), params, Path(root) / params.data.prepared_dir, tags)
+        return register_checkpoint(run_id, Path(checkpoint), params, Path(root) / params.data.prepared_dir, tags, rule)
 
 
 @task(name="promotion-gate", retries=2, retry_delay_seconds=3,
@@ -59,7 +61,8 @@ def promote(root: str = ".", params_path: str = "params.yaml", overrides: list[s
         report = json.loads(path.read_text())
     with tracked_run(params, base, "promote", run_id or None, extra_tags={"train.checkpoint": checkpoint}) as run_id:
         with phase("register model", "overhead"):
-            version = register_model(str(base), params, run_id, checkpoint, version_tags(report, tags))
+            version = register_model(str(base), params, run_id, checkpoint, version_tags(report, tags),
+                                     AdaptationRule.from_dict(report["adaptation"]))
         with phase("gate"):
             decision = gate(str(base), params, version, report)
     print(f"model {params.registry.model_name} v{version}: {decision['decision']} ({decision['reason']})")

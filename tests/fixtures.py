@@ -25,7 +25,7 @@ TINY = [
     "model.width=16", "meta.k_query=5", "meta.meta_batch_size=2", "train.steps=6", "train.val_every=3",
     "train.report_every=3", "train.checkpoint_every=3", "train.val_tasks=2", "train.pretrain_steps=10",
     "eval.repeats=1", "eval.samples_per_class=16", "eval.kid_subsets=3", "eval.kid_subset_size=16",
-    "eval.augment_steps=10", "eval.baseline_lrs=[0.0, 0.001]", "eval.baseline_steps=2", "eval.scratch_steps=3",
+    "eval.augment_steps=10", "eval.finetune_lrs=[0.0, 0.001]", "eval.finetune_steps=2", "eval.scratch_steps=3",
     "eval.feature_steps=30", "eval.adapt_steps=2", "eval.min_extractor_accuracy=0", "eval.nll_samples=4",
 ]
 

@@ -19,7 +19,7 @@ from components.errors import MetagenError
 from components.evaluation.parallel import Mapper
 from components.evaluation.protocol import (
     Protocol,
-    choose_lrs,
+    choose_settings,
     draw_episode,
     evaluate_generator,
     evaluate_generators,
@@ -38,7 +38,7 @@ from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.meta.trainer import vae_config
 from components.models.vae import ConvVAE, VAEConfig, param_dict
-from components.params import Params
+from components.params import EvalParams, Params
 from components.timing import phase
 
 log = logging.getLogger(__name__)
@@ -102,13 +102,19 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
     return model
 
 
+def choice_classes(val: Split, ev: EvalParams) -> Split:
+    """The seeded meta-val classes on which every model's settings (lr, temperature) are chosen."""
+    return select_classes(val, ev.lr_choice_classes, ev.seed + 1)
+
+
 @dataclass
 class Scores:
-    """What scoring gives: the table's rows, the first repeat's samples, the baselines' lr choices."""
+    """What scoring gives: the table's rows, the first repeat's samples, each model's settings
+    chosen on meta-val (lr, temperature) with every candidate's FID and copy rate."""
 
     rows: list[dict[str, Any]]
     samples: dict[str, dict[str, list[torch.Tensor]]]
-    lr_choices: dict[str, Any]
+    selection: dict[str, Any]
 
 
 def score_baselines(
@@ -123,17 +129,17 @@ def score_baselines(
 ) -> Scores:
     """The references the meta-model is compared with; they do not depend on it (so they can run
     while it trains, and be cached): each baseline with its adaptation lr chosen on the meta-val
-    classes ``val`` first, then the support-replay reference."""
+    classes ``val`` first (with its sampling temperature), then the support-replay reference."""
     test_feats = extractor.features(torch.from_numpy(test.images))
-    lr_choices: dict[str, Any] = {}
+    selection: dict[str, Any] = {}
     chosen: list[FewShotGenerator] = []
     if baselines:
         val_feats = extractor.features(torch.from_numpy(val.images))
         with phase("baseline lr choice"):
-            picked = choose_lrs(baselines, val, val_feats, extractor, protocol, protocol.eval.baseline_lrs,
-                                "support", max_copy_rate, mapper)
-        for gen, by_lr in picked:
-            lr_choices[gen.name] = {"chosen": gen.lr, "by_lr": by_lr}
+            picked = choose_settings(baselines, val, val_feats, extractor, protocol, protocol.eval.finetune_lrs,
+                                     "support", max_copy_rate, mapper)
+        for gen, table in picked:
+            selection[gen.name] = {"lr": gen.lr, "temperature": gen.temperature, "candidates": table}
             chosen.append(gen)
     gens = [*chosen, SupportReplay()]
     with phase("baselines and replay"):
@@ -142,7 +148,20 @@ def score_baselines(
     rows = [row for g_rows, _ in results for row in g_rows]
     samples = {gen.name: g_samples for gen, (_, g_samples) in zip(gens, results, strict=True)
                if not isinstance(gen, SupportReplay)}
-    return Scores(rows, samples, lr_choices)
+    return Scores(rows, samples, selection)
+
+
+def choose_meta_settings(meta: MetaGenerator, val: Split, extractor: ex.FeatureExtractor, protocol: Protocol,
+                         max_copy_rate: float, mapper: Mapper | None = None) -> tuple[MetaGenerator, dict[str, Any]]:
+    """The meta-model's fine-tuning lr after its context steps (``eval.finetune_lrs``, 0 = none)
+    and its sampling temperature, chosen on the baselines' meta-val classes, in its served mode, by
+    the rule the baselines' are chosen by (the lowest FID that does not copy)."""
+    ev = protocol.eval
+    val_feats = extractor.features(torch.from_numpy(val.images))
+    with phase("settings choice"):
+        [(chosen, table)] = choose_settings([meta], val, val_feats, extractor, protocol, ev.finetune_lrs,
+                                            meta.rule.sampling, max_copy_rate, mapper)
+    return chosen, {"lr": chosen.lr, "temperature": chosen.temperature, "candidates": table}
 
 
 def score(
@@ -159,10 +178,10 @@ def score(
     with phase(meta.name):
         rows, samples = evaluate_generator(meta, test, test_feats, extractor, protocol, stats_cache=stats_cache,
                                            mapper=mapper)
-    return Scores(rows + references.rows, {meta.name: samples, **references.samples}, references.lr_choices)
+    return Scores(rows + references.rows, {meta.name: samples, **references.samples}, references.selection)
 
 
-BASELINES_CACHE_VERSION = 2  # bump when what score_baselines computes changes
+BASELINES_CACHE_VERSION = 3  # bump when what score_baselines computes changes
 
 
 def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, extractor_digest: str,
@@ -173,7 +192,7 @@ def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, 
     blob = {
         "version": BASELINES_CACHE_VERSION, "data": {k: splits[k]["sha256"] for k in ("train", "val", "test")},
         "protocol": protocol.digest, "extractor": extractor_digest, "vae": cfg.__dict__,
-        "baselines": {k: getattr(ev, k) for k in ("baseline_lrs", "lr_choice_classes", "baseline_steps",
+        "baselines": {k: getattr(ev, k) for k in ("finetune_lrs", "lr_choice_classes", "finetune_steps",
                                                    "scratch_steps", "pretrain_lr")},
         "pretrain": {"steps": params.train.pretrain_steps, "batch": params.train.pretrain_batch_size,
                      "seed": params.train.seed},
@@ -196,16 +215,16 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
     path = cache_dir / f"baselines-{baselines_key(params, manifest, protocol, extractor.digest, plain)}.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        return Scores(cached["rows"], cached["samples"], cached["lr_choices"])
+        return Scores(cached["rows"], cached["samples"], cached["selection"])
     with phase("pretrain baseline"):
         pre_model = pretrained_baseline(params, plain, train, cache_dir, manifest["splits"]["train"]["sha256"])
-    gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.baseline_steps),
+    gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.finetune_steps),
             FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
-    scores = score_baselines(gens, test, select_classes(val, ev.lr_choice_classes, ev.seed + 1), extractor, protocol,
+    scores = score_baselines(gens, test, choice_classes(val, ev), extractor, protocol,
                              params.registry.max_copy_rate, cache_dir / "fid-stats", mapper)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        torch.save({"rows": scores.rows, "samples": scores.samples, "lr_choices": scores.lr_choices}, tmp)
+        torch.save({"rows": scores.rows, "samples": scores.samples, "selection": scores.selection}, tmp)
     return scores
 
 
@@ -228,10 +247,13 @@ def evaluate(
     history: list[dict[str, float]] | None = None,
     baselines: bool = True,
     mapper: Mapper | None = None,
+    choose: bool = True,
 ) -> EvalOutputs:
     """The meta-model vs ``pretrain`` vs ``scratch`` vs support replay, each sampling mode: the
-    data, extractor and references loaded (or computed and cached), :func:`score`, then the
-    report, table and pictures. ``baselines=False``: the meta-model alone."""
+    data, extractor and references loaded (or computed and cached), the meta-model's fine-tuning lr
+    and temperature chosen on meta-val (``choose=False``: the rule's own, as registered), :func:`score`, then the
+    report, table and pictures; the report's ``adaptation`` is the rule that was scored.
+    ``baselines=False``: the meta-model alone."""
     ev = params.eval
     with phase("load data and extractor"):
         test = select_classes(load_split(prepared_dir, "test"), ev.max_classes, ev.seed)
@@ -242,8 +264,13 @@ def evaluate(
     if baselines:
         with phase("references (baselines, replay)"):
             references = baseline_scores(params, prepared_dir, features_dir, cache_dir, mapper)
-    scores = score(MetaGenerator(learner, rule), references, test, extractor, protocol, cache_dir / "fid-stats",
-                   mapper)
+    meta = MetaGenerator(learner, rule)
+    meta_choice = {"lr": rule.finetune_lr, "temperature": rule.temperature, "candidates": []}
+    if choose:
+        meta, meta_choice = choose_meta_settings(meta, choice_classes(load_split(prepared_dir, "val"), ev),
+                                                 extractor, protocol, params.registry.max_copy_rate, mapper)
+    rule = meta.rule
+    scores = score(meta, references, test, extractor, protocol, cache_dir / "fid-stats", mapper)
     rows = scores.rows
     out_dir.mkdir(parents=True, exist_ok=True)
     with phase("pictures"):
@@ -254,7 +281,7 @@ def evaluate(
         "extractor": {"name": extractor.name, "digest": extractor.digest, "heldout_accuracy": extractor_acc},
         "adaptation": rule.to_dict(),
         "rows": rows,
-        "baseline_lr_selection": scores.lr_choices,
+        "selection": {meta.name: meta_choice, **scores.selection},
         "best": {mode: min((r for r in rows if r["sampling"] == mode), key=lambda r: r["fid_mean"])["model"]
                  for mode in MODES},
     }

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ class Protocol:
     def digest(self) -> str:
         fields = self.eval.model_dump(
             mode="json",
-            include={"seed", "repeats", "samples_per_class", "temperature", "kid_subsets", "kid_subset_size",
+            include={"seed", "repeats", "samples_per_class", "temperatures", "kid_subsets", "kid_subset_size",
                      "augment_steps", "max_classes", "nll_samples", "nll_max_images", "prdc_k", "copy_percentile"},
         )
         blob = json.dumps({"eval": fields, "k_shot": self.k_shot, "test": self.test_sha256}, sort_keys=True)
@@ -134,6 +134,9 @@ def nll_seed(seed: int, c: int) -> int:
     return seed + 7919 * (c + 1)
 
 
+Variant = tuple[str, float]  # how a generator samples: (mode, temperature)
+
+
 @dataclass(frozen=True)
 class ClassJob:
     """One class of one repeat of one generator: adapt on the supports, score NLL, sample."""
@@ -142,8 +145,7 @@ class ClassJob:
     support: Tensor
     nll_images: Tensor | None    # None: no NLL
     samples: int
-    modes: tuple[str, ...]
-    temperature: float
+    variants: tuple[Variant, ...]
     nll_samples: int
     seed: int
     nll_seed: int
@@ -152,10 +154,12 @@ class ClassJob:
 @dataclass
 class ClassResult:
     nll: float | None
-    samples: dict[str, Tensor]
+    samples: dict[Variant, Tensor]
 
 
 def adapt_class(gens: Sequence[FewShotGenerator], job: ClassJob) -> ClassResult:
+    """Adapt, then each variant samples from the generator's state right after adaptation: what
+    ``adapt(support, gen)`` then ``sample(...)`` serves for that seed, whatever else is sampled."""
     gen = gens[job.gen]
     torch_gen = torch.Generator().manual_seed(job.seed)
     with phase("adapt"):
@@ -164,8 +168,10 @@ def adapt_class(gens: Sequence[FewShotGenerator], job: ClassJob) -> ClassResult:
     if job.nll_images is not None:
         with phase("nll"):
             nll = adapted.nll(job.nll_images, job.nll_samples, torch.Generator().manual_seed(job.nll_seed))
+    after = torch_gen.get_state()
     with phase("sample"):
-        samples = {mode: adapted.sample(job.samples, mode, torch_gen, job.temperature) for mode in job.modes}
+        samples = {(mode, t): adapted.sample(job.samples, mode, torch.Generator().set_state(after), t)
+                   for mode, t in job.variants}
     return ClassResult(nll, samples)
 
 
@@ -198,9 +204,9 @@ def score_job(data: ScoringData, job: ScoreJob) -> dict[str, float]:
 
 @dataclass
 class RepeatResult:
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> metric -> value
+    metrics: dict[Variant, dict[str, float]] = field(default_factory=dict)  # variant -> metric -> value
     nll: float | None = None
-    samples: dict[str, list[Tensor]] = field(default_factory=dict)
+    samples: dict[Variant, list[Tensor]] = field(default_factory=dict)
 
 
 def _real_stats(split: Split, episode: Episode, real_feats: np.ndarray, extractor: FeatureExtractor,
@@ -216,19 +222,22 @@ def run_generators(
     gens: Sequence[FewShotGenerator], split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
     protocol: Protocol, seeds: Sequence[int], modes: tuple[str, ...] = MODES, score_aug: bool = True,
     score_nll: bool = True, stats_cache: Path | None = None, mapper: Mapper | None = None,
+    temperatures: Sequence[float] | None = None,
 ) -> list[list[RepeatResult]]:
     """Every generator x repeat (one per seed) x class: adapt, NLL, samples (``mapper`` spreads the
-    classes), then every generator x repeat x mode scored (spread too). ``[generator][repeat]``."""
+    classes), then every generator x repeat x variant scored (spread too). ``[generator][repeat]``.
+    A generator samples each mode at its own temperature, or at each of ``temperatures`` (a choice)."""
     mapper = mapper or LocalMapper()
     ev = protocol.eval
     episodes = [draw_episode(split, protocol.k_shot, seed) for seed in seeds]
     n_classes = len(split.classes)
+    variants = [tuple((mode, t) for mode in _modes(gen, modes) for t in (temperatures or [gen.temperature]))
+                for gen in gens]
     jobs = [
         ClassJob(g, torch.from_numpy(split.images[ep.supports[c]]),
                  torch.from_numpy(split.images[ep.heldout[c][: ev.nll_max_images]]) if score_nll else None,
-                 ev.samples_per_class, _modes(gen, modes), ev.temperature, ev.nll_samples,
-                 class_seed(seed, c), nll_seed(seed, c))
-        for g, gen in enumerate(gens) for seed, ep in zip(seeds, episodes, strict=True) for c in range(n_classes)
+                 ev.samples_per_class, variants[g], ev.nll_samples, class_seed(seed, c), nll_seed(seed, c))
+        for g in range(len(gens)) for seed, ep in zip(seeds, episodes, strict=True) for c in range(n_classes)
     ]
     with phase("adapt and sample"):
         per_class = iter(mapper.map(adapt_class, list(gens), jobs))
@@ -241,14 +250,15 @@ def run_generators(
             results = [next(per_class) for _ in range(n_classes)]
             nlls = [x.nll for x in results if x.nll is not None]
             out[g][r].nll = float(np.mean(nlls)) if nlls else None
-            for mode in _modes(gen, modes):
-                out[g][r].samples[mode] = [x.samples[mode] for x in results]
-                score_jobs.append(ScoreJob(gen.name, out[g][r].samples[mode], episodes[r], seed, stats[r], score_aug))
-                where.append((g, r, mode))
+            for variant in variants[g]:
+                out[g][r].samples[variant] = [x.samples[variant] for x in results]
+                score_jobs.append(ScoreJob(gen.name, out[g][r].samples[variant], episodes[r], seed, stats[r],
+                                           score_aug))
+                where.append((g, r, variant))
     with phase("score"):
         scores = mapper.map(score_job, ScoringData(split, real_feats, extractor, protocol), score_jobs)
-    for (g, r, mode), metrics in zip(where, scores, strict=True):
-        out[g][r].metrics[mode] = metrics
+    for (g, r, variant), metrics in zip(where, scores, strict=True):
+        out[g][r].metrics[variant] = metrics
     return out
 
 
@@ -268,10 +278,11 @@ def rows_of(gen: FewShotGenerator, repeats: list[RepeatResult], modes: tuple[str
     for mode in _modes(gen, modes):
         row: dict[str, Any] = {
             "model": gen.name, "sampling": mode, "adapt_steps": gen.steps, "adapt_lr": gen.lr,
-            "nll_mean": nll_m, "nll_std": nll_s,
+            "temperature": gen.temperature, "nll_mean": nll_m, "nll_std": nll_s,
         }
         for metric in SAMPLE_METRICS:
-            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r.metrics[mode][metric] for r in repeats])
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(
+                [r.metrics[(mode, gen.temperature)][metric] for r in repeats])
         for metric in ("precision", "recall", "density", "coverage", "copy_rate"):
             row[metric] = row[f"{metric}_mean"]
         rows.append(row)
@@ -286,7 +297,8 @@ def evaluate_generators(
     """Per generator: its rows (mean/std over ``eval.repeats``) and the first repeat's samples."""
     results = run_generators(gens, split, real_feats, extractor, protocol, repeat_seeds(protocol), modes,
                              stats_cache=stats_cache, mapper=mapper)
-    return [(rows_of(gen, repeats, modes), repeats[0].samples) for gen, repeats in zip(gens, results, strict=True)]
+    return [(rows_of(gen, repeats, modes), {mode: per_class for (mode, _), per_class in repeats[0].samples.items()})
+            for gen, repeats in zip(gens, results, strict=True)]
 
 
 def evaluate_generator(
@@ -298,26 +310,33 @@ def evaluate_generator(
     return evaluate_generators([gen], split, real_feats, extractor, protocol, modes, stats_cache, mapper)[0]
 
 
-def choose_lrs(
-    gens: Sequence[FinetuneGenerator], val: Split, val_feats: np.ndarray, extractor: FeatureExtractor,
-    protocol: Protocol, lrs: list[float], mode: str, max_copy_rate: float, mapper: Mapper | None = None,
-) -> list[tuple[FinetuneGenerator, dict[str, dict[str, float]]]]:
-    """Each baseline's adaptation lr on meta-val classes (one repeat, every baseline x lr at once):
-    the lowest FID among the lrs whose samples do not copy (copy rate <= ``max_copy_rate``), so
-    that the strongest honest generator is the one compared; if every lr copies, the lowest FID
-    (and the row says it copies). lr 0 is a candidate only for a baseline that starts trained
-    (``pretrain`` as it is); for ``scratch`` it would be an untrained network, which copies nothing."""
+def choose_settings(
+    gens: Sequence[FewShotGenerator], val: Split, val_feats: np.ndarray, extractor: FeatureExtractor,
+    protocol: Protocol, lrs: Sequence[float] | None, mode: str, max_copy_rate: float, mapper: Mapper | None = None,
+) -> list[tuple[FewShotGenerator, list[dict[str, float | None]]]]:
+    """Each generator's sampling temperature (``eval.temperatures``) and its fine-tuning lr
+    (``lrs``; None: the generator keeps its own), chosen on meta-val classes
+    (one repeat, every candidate at once): the lowest FID among the settings whose samples do not
+    copy (copy rate <= ``max_copy_rate``), so that the strongest honest generator is the one
+    compared; if every setting copies, the lowest FID (and the row says it copies). lr 0 is a
+    candidate only for a generator that starts trained (``pretrain`` as it is, the meta-model after
+    its context steps); for ``scratch`` it would be an untrained network, which copies nothing. The temperature only changes sampling:
+    each lr adapts once and samples at every temperature from the same adapted state."""
     seed = protocol.eval.seed + 7
-    own_lrs = [[lr for lr in lrs if lr > 0 or gen.start is not None] for gen in gens]
-    candidates = [replace(gen, lr=lr) for gen, mine in zip(gens, own_lrs, strict=True) for lr in mine]
+    temperatures = protocol.eval.temperatures
+    own_lrs = [[None] if lrs is None else [lr for lr in lrs if lr > 0 or gen.starts_trained] for gen in gens]
+    candidates = [gen.with_settings(lr, gen.temperature) for gen, mine in zip(gens, own_lrs, strict=True)
+                  for lr in mine]
     results = iter(run_generators(candidates, val, val_feats, extractor, protocol, [seed], (mode,),
-                                  score_aug=False, score_nll=False, mapper=mapper))
+                                  score_aug=False, score_nll=False, mapper=mapper, temperatures=temperatures))
     chosen = []
     for gen, mine in zip(gens, own_lrs, strict=True):
-        scores = {f"{lr:g}": {"fid": res[0].metrics[mode]["fid"], "copy_rate": res[0].metrics[mode]["copy_rate"]}
-                  for lr, res in zip(mine, [next(results) for _ in mine], strict=True)}
-        honest = [lr for lr in mine if scores[f"{lr:g}"]["copy_rate"] <= max_copy_rate] or list(mine)
-        best = min(honest, key=lambda lr: scores[f"{lr:g}"]["fid"])
-        log.info("%s: adaptation lr %g chosen on meta-val (FID and copy rate by lr: %s)", gen.name, best, scores)
-        chosen.append((replace(gen, lr=best), scores))
+        table = [{"lr": lr, "temperature": t, "fid": res[0].metrics[(mode, t)]["fid"],
+                  "copy_rate": res[0].metrics[(mode, t)]["copy_rate"]}
+                 for lr, res in zip(mine, [next(results) for _ in mine], strict=True) for t in temperatures]
+        honest = [row for row in table if row["copy_rate"] <= max_copy_rate] or table
+        best = min(honest, key=lambda row: row["fid"])
+        log.info("%s: lr %s, temperature %g chosen on meta-val (FID and copy rate of each: %s)",
+                 gen.name, best["lr"], best["temperature"], table)
+        chosen.append((gen.with_settings(best["lr"], best["temperature"]), table))
     return chosen

@@ -24,14 +24,15 @@ def markdown_table(report: dict[str, Any]) -> str:
         + (f" with held-out accuracy {acc:.3f}" if acc is not None else "")
         + f", protocol {report['protocol']['digest']})",
         "",
-        "| model | sampling | adapt steps | adapt lr | NLL (nats) ↓ | FID ↓ | KID ↓ | precision ↑ | recall ↑ | "
-        "density ↑ | coverage ↑ | copy rate ↓ | augmentation acc ↑ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | sampling | adapt steps | fine-tune lr | temperature | NLL (nats) ↓ | FID ↓ | KID ↓ | precision ↑ | "
+        "recall ↑ | density ↑ | coverage ↑ | copy rate ↓ | augmentation acc ↑ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
-        lr = "learned" if r["model"] == "meta" and r["adapt_lr"] is None else _f(r["adapt_lr"], "g")
+        lr = _f(r["adapt_lr"], "g")
         lines.append(
-            f"| {r['model']} | {r['sampling']} | {r['adapt_steps']} | {lr} | {_pm(r['nll_mean'], r['nll_std'], '.1f')} | "
+            f"| {r['model']} | {r['sampling']} | {r['adapt_steps']} | {lr} | {_f(r.get('temperature'), 'g')} | "
+            f"{_pm(r['nll_mean'], r['nll_std'], '.1f')} | "
             f"{_pm(r['fid_mean'], r['fid_std'], '.2f')} | {_pm(r['kid_mean'], r['kid_std'], '.4f')} | "
             f"{_f(r['precision'], '.3f')} | {_f(r['recall'], '.3f')} | {_f(r['density'], '.3f')} | "
             f"{_f(r['coverage'], '.3f')} | {_f(r['copy_rate'], '.3f')} | {_pm(r['aug_acc_mean'], r['aug_acc_std'], '.3f')} |"

@@ -1,5 +1,11 @@
 """The one adaptation rule: how a meta-learned generator adapts to K images, and then samples.
 
+Adapting is the inner loop the model was meta-trained with (gradient steps on the class context,
+or on the weights of ``scope``, from the set encoder's context), optionally followed by the Adam
+fine-tuning the ``pretrain`` baseline gets (``finetune_steps`` at ``finetune_lr``, every weight and
+the context; the lr chosen on meta-val like the baselines'), so that the meta-learned model can
+sharpen on the supports as much as a fine-tuned baseline may, under the same copy rule.
+
 Built once from params (:meth:`AdaptationRule.from_params`), stored with the checkpoint and the
 registered model, and used by validation, evaluation, the registry's pyfunc and ``metagen
 generate`` alike, so the model that passed the gate is the model that is served.
@@ -14,7 +20,7 @@ import torch
 from torch import Tensor
 
 from components.meta.algorithms import adapt, adapt_keys
-from components.models.vae import ConvVAE, Params, sample, with_context
+from components.models.vae import ConvVAE, Params, per_pixel_loss, sample, with_context
 from components.params import Params as AllParams
 
 
@@ -26,14 +32,19 @@ class AdaptationRule:
     learned_lrs: bool  # Meta-SGD: adapt with the learned per-entry rates instead of ``inner_lr``
     sampling: str
     temperature: float
+    finetune_steps: int = 0
+    finetune_lr: float = 0.0  # 0: no fine-tuning (a rule registered before this field has none)
 
     @classmethod
     def from_params(cls, params: AllParams) -> AdaptationRule:
+        """The rule as configured; its temperature is the first of ``eval.temperatures`` and it
+        fine-tunes at lr 0 (not at all) until the evaluation chooses both on meta-val classes (the
+        registered rule is the evaluated one)."""
         meta, ev = params.meta, params.eval
         scope = "all" if meta.algorithm == "reptile" else meta.adapt_scope
         return cls(steps=ev.adapt_steps, inner_lr=ev.inner_lr or meta.inner_lr, scope=scope,
                    learned_lrs=meta.algorithm == "metasgd" and ev.inner_lr is None,
-                   sampling=ev.sampling, temperature=ev.temperature)
+                   sampling=ev.sampling, temperature=ev.temperatures[0], finetune_steps=ev.finetune_steps)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdaptationRule:
@@ -49,10 +60,28 @@ class AdaptationRule:
         eps = torch.randn(max(self.steps, 1), support.shape[0], model.cfg.latent_dim, generator=generator)
         start = with_context(model, params, support)
         fast = adapt(model, start, support, self.steps, lr, eps.to(support), adapt_keys(model, self.scope))
-        return {k: v.detach() for k, v in fast.items()}
+        return finetune(model, fast, support, self.finetune_steps, self.finetune_lr, generator)
 
     def generate(self, model: ConvVAE, params: Params, lrs: Params | None, support: Tensor, n: int,
                  generator: torch.Generator, sampling: str | None = None) -> Tensor:
         """Adapt on ``support``, then ``n`` samples: what the pyfunc serves and evaluation scores."""
         fast = self.adapt(model, params, lrs, support, generator)
         return sample(model, fast, n, generator, sampling or self.sampling, support, self.temperature)
+
+
+def finetune(
+    model: ConvVAE, params: Params, support: Tensor, steps: int, lr: float, generator: torch.Generator
+) -> Params:
+    """Adam on the per-pixel negative ELBO of ``support`` over every entry of ``params`` (the
+    context too, if any); ``lr == 0`` or ``steps == 0`` is a no-op. No graph kept."""
+    if steps == 0 or lr == 0:
+        return {k: v.detach().clone() for k, v in params.items()}
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    opt = torch.optim.Adam(leaves.values(), lr=lr)
+    for _ in range(steps):
+        eps = torch.randn(support.shape[0], model.cfg.latent_dim, generator=generator, dtype=support.dtype)
+        loss = per_pixel_loss(model, leaves, support, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {k: v.detach() for k, v in leaves.items()}

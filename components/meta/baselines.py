@@ -12,16 +12,16 @@ support-replay reference. ``adapt(support)`` gives an :class:`Adapted` that samp
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from components.meta.adaptation import AdaptationRule
+from components.meta.adaptation import AdaptationRule, finetune
 from components.meta.learner import MetaLearner
-from components.models.vae import ConvVAE, Params, VAEConfig, build_vae, iwae_nll, param_dict, per_pixel_loss, sample
+from components.models.vae import ConvVAE, Params, VAEConfig, build_vae, iwae_nll, param_dict, sample
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,27 @@ class Adapted(Protocol):
 
 
 class FewShotGenerator(Protocol):
-    """Adapts to K images of a class (``steps`` at ``lr``), then samples in each of its ``modes``."""
+    """Adapts to K images of a class (``steps`` at ``lr``), then samples in each of its ``modes``
+    at its sampling ``temperature``."""
 
     name: str
     steps: int
-    lr: float | None
     modes: tuple[str, ...]
 
+    @property
+    def lr(self) -> float | None: ...
+
+    @property
+    def starts_trained(self) -> bool:
+        """Whether lr 0 leaves a trained generator (not a random initialisation)."""
+
+    @property
+    def temperature(self) -> float: ...
+
     def adapt(self, support: Tensor, generator: torch.Generator) -> Adapted: ...
+
+    def with_settings(self, lr: float | None, temperature: float) -> FewShotGenerator:
+        """The same generator adapting at ``lr`` (where it has one to choose) and sampling at ``temperature``."""
 
 
 @dataclass
@@ -83,26 +96,14 @@ class SupportReplay:
     steps: int = 0
     lr: float | None = None
     modes: tuple[str, ...] = ("replay",)
+    temperature: float = 1.0  # unused: replay draws no noise
+    starts_trained: bool = True
 
     def adapt(self, support: Tensor, generator: torch.Generator) -> Adapted:
         return ReplayedSupport(support)
 
-
-def finetune(
-    model: ConvVAE, params: Params, support: Tensor, steps: int, lr: float, generator: torch.Generator
-) -> Params:
-    """Adam on the per-pixel negative ELBO of ``support``; ``lr == 0`` or ``steps == 0`` is a no-op."""
-    if steps == 0 or lr == 0:
-        return {k: v.detach().clone() for k, v in params.items()}
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    opt = torch.optim.Adam(leaves.values(), lr=lr)
-    for _ in range(steps):
-        eps = torch.randn(support.shape[0], model.cfg.latent_dim, generator=generator, dtype=support.dtype)
-        loss = per_pixel_loss(model, leaves, support, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return {k: v.detach() for k, v in leaves.items()}
+    def with_settings(self, lr: float | None, temperature: float) -> SupportReplay:
+        return self
 
 
 @dataclass
@@ -124,7 +125,22 @@ class MetaGenerator:
 
     @property
     def lr(self) -> float | None:
-        return None if self.rule.learned_lrs else self.rule.inner_lr
+        """The Adam lr of the fine-tuning after the context steps (0: none), the one lr chosen on meta-val."""
+        return self.rule.finetune_lr
+
+    @property
+    def temperature(self) -> float:
+        return self.rule.temperature
+
+    @property
+    def starts_trained(self) -> bool:
+        return True
+
+    def with_settings(self, lr: float | None, temperature: float) -> MetaGenerator:
+        """The fine-tuning lr (``None``: unchanged) and the temperature; the inner loop it was
+        meta-trained with stays as it is."""
+        return replace(self, rule=replace(self.rule, temperature=temperature,
+                                          finetune_lr=self.rule.finetune_lr if lr is None else lr))
 
     def adapt(self, support: Tensor, generator: torch.Generator) -> AdaptedVAE:
         fast = self.rule.adapt(self.model, self.learner.params(), self.learner.inner_lrs(), support, generator)
@@ -141,6 +157,14 @@ class FinetuneGenerator:
     steps: int
     lr: float | None = None
     modes: tuple[str, ...] = MODES
+    temperature: float = 1.0
+
+    @property
+    def starts_trained(self) -> bool:
+        return self.start is not None
+
+    def with_settings(self, lr: float | None, temperature: float) -> FinetuneGenerator:
+        return replace(self, lr=lr, temperature=temperature)
 
     def adapt(self, support: Tensor, generator: torch.Generator) -> AdaptedVAE:
         if self.start is None:

@@ -96,4 +96,4 @@ def test_evaluation_spread_over_both_nodes_equals_in_process(two_node_cluster: o
             assert a.metrics == b.metrics
             for mode in a.samples:
                 assert all(torch.equal(x, y) for x, y in zip(a.samples[mode], b.samples[mode], strict=True))
-    assert local[0][0].metrics["support"]["fid"] > 0  # a real score, not an empty one
+    assert local[0][0].metrics[("support", 1.0)]["fid"] > 0  # a real score, not an empty one

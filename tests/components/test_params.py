@@ -108,7 +108,7 @@ def test_a_tune_trial_keeps_the_upright_share_of_training() -> None:
 
 
 @pytest.mark.parametrize("lrs", ["[0.0]", "[]", "[-0.001, 0.001]"])
-def test_baseline_lrs_need_a_positive_rate_and_no_negative_one(lrs: str) -> None:
+def test_finetune_lrs_need_a_positive_rate_and_no_negative_one(lrs: str) -> None:
     """`scratch` starts from a fresh network: with lr 0 alone it would be an untrained one."""
-    with pytest.raises(ParamsError, match=r"eval\.baseline_lrs"):
-        make_params(f"eval.baseline_lrs={lrs}")
+    with pytest.raises(ParamsError, match=r"eval\.finetune_lrs"):
+        make_params(f"eval.finetune_lrs={lrs}")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from components.data.prepare import load_split, read_manifest
-from components.errors import MetagenError
+from components.errors import MetagenError, ParamsError
 from components.evaluation.evaluate import build_domain_features, evaluate, load_extractor
 from components.evaluation.protocol import Protocol, evaluate_generator
 from components.meta.adaptation import AdaptationRule
@@ -22,7 +22,7 @@ from tests.conftest import make_params
 
 TINY = [
     "model.width=8", "eval.repeats=2", "eval.samples_per_class=16", "eval.kid_subsets=3", "eval.kid_subset_size=16",
-    "eval.augment_steps=10", "eval.baseline_lrs=[0.0, 0.001]", "eval.baseline_steps=2", "eval.scratch_steps=3",
+    "eval.augment_steps=10", "eval.finetune_lrs=[0.0, 0.001]", "eval.finetune_steps=2", "eval.scratch_steps=3",
     "train.pretrain_steps=5", "eval.feature_steps=20", "eval.adapt_steps=2", "eval.min_extractor_accuracy=0",
     "eval.nll_samples=4",
 ]
@@ -69,7 +69,7 @@ def test_nan_generator_is_named(setup) -> None:  # noqa: ANN001
 
 
 def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Path) -> None:
-    params = make_params(*TINY)
+    params = make_params(*TINY, "eval.temperatures=[1.0, 0.5]")
     test = load_split(digits_prepared, "test")
     learner = build_learner(params.meta, vae_config(params, test), seed=0)
     history = [{"step": 5, "train_loss": 0.5, "val_loss": 300.0, "val_loss_unadapted": 310.0}]
@@ -81,7 +81,20 @@ def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Pat
     models = {(r["model"], r["sampling"]) for r in report["rows"]}
     assert models == {("meta", "prior"), ("meta", "support"), ("pretrain", "prior"), ("pretrain", "support"),
                       ("scratch", "prior"), ("scratch", "support"), ("support_replay", "replay")}
-    assert report["baseline_lr_selection"]["scratch"]["chosen"] in (0.0, 0.001)
+    selection = report["selection"]
+    assert selection["scratch"]["lr"] == 0.001 and selection["pretrain"]["lr"] in (0.0, 0.001)
+    assert {(c["lr"], c["temperature"]) for c in selection["pretrain"]["candidates"]} == {
+        (0.0, 1.0), (0.0, 0.5), (0.001, 1.0), (0.001, 0.5)}
+    # the meta-model starts trained: no fine-tuning (lr 0) is one of its candidates
+    assert {(c["lr"], c["temperature"]) for c in selection["meta"]["candidates"]} == {
+        (0.0, 1.0), (0.0, 0.5), (0.001, 1.0), (0.001, 0.5)}
+    # the rule the report (and so the registry) carries is the one that was scored, as chosen
+    assert report["adaptation"]["temperature"] == selection["meta"]["temperature"]
+    assert report["adaptation"]["finetune_lr"] == selection["meta"]["lr"]
+    assert report["adaptation"]["finetune_steps"] == params.eval.finetune_steps
+    for row in report["rows"]:
+        if row["model"] in selection:
+            assert row["temperature"] == selection[row["model"]]["temperature"], row["model"]
     replay = next(r for r in report["rows"] if r["model"] == "support_replay")
     assert replay["copy_rate"] == 1.0
     for row in report["rows"]:
@@ -113,7 +126,7 @@ def test_scratch_never_chooses_an_untrained_network(setup, digits_prepared: Path
     """lr 0 leaves `pretrain` as trained (a fair candidate) but `scratch` as its random init: the
     lr choice offers 0 to the first only, so `scratch` cannot win it by not learning (it did on
     the digits, where every lr > 0 copied on meta-val)."""
-    from components.evaluation.protocol import choose_lrs
+    from components.evaluation.protocol import choose_settings
 
     params, _, learner, extractor, protocol, _ = setup
     plain = ConvVAE(replace(learner.model.cfg, context_dim=0))
@@ -121,7 +134,42 @@ def test_scratch_never_chooses_an_untrained_network(setup, digits_prepared: Path
             FinetuneGenerator("scratch", plain, None, steps=3)]
     val = load_split(digits_prepared, "val")
     val_feats = extractor.features(torch.from_numpy(val.images))
-    (pretrain, p_scores), (scratch, s_scores) = choose_lrs(gens, val, val_feats, extractor, protocol, [0.0, 0.001],
-                                                           "support", max_copy_rate=0.0)
-    assert set(p_scores) == {"0", "0.001"} and pretrain.lr in (0.0, 0.001)
-    assert set(s_scores) == {"0.001"} and scratch.lr == 0.001
+    (pretrain, p_scores), (scratch, s_scores) = choose_settings(gens, val, val_feats, extractor, protocol,
+                                                                [0.0, 0.001], "support", max_copy_rate=0.0)
+    assert {c["lr"] for c in p_scores} == {0.0, 0.001} and pretrain.lr in (0.0, 0.001)
+    assert {c["lr"] for c in s_scores} == {0.001} and scratch.lr == 0.001
+
+
+def test_the_choice_scores_the_generator_it_chooses(setup, digits_prepared: Path) -> None:  # noqa: ANN001
+    """Each (lr, temperature) candidate's FID and copy rate on meta-val are those of the generator
+    set to it (the temperatures share one adaptation, not a different draw), and the choice is the
+    lowest FID among the candidates that do not copy."""
+    from components.evaluation.protocol import choose_settings, run_generators
+
+    params, _, learner, extractor, _, _ = setup
+    ev = make_params(*TINY, "eval.temperatures=[1.0, 0.3]").eval
+    protocol = Protocol(ev, params.meta.k_shot, "val")
+    plain = ConvVAE(replace(learner.model.cfg, context_dim=0))
+    pretrain = FinetuneGenerator("pretrain", plain, param_dict(plain), steps=2)
+    val = load_split(digits_prepared, "val")
+    val_feats = extractor.features(torch.from_numpy(val.images))
+    for limit in (0.0, 1.0):
+        [(chosen, table)] = choose_settings([pretrain], val, val_feats, extractor, protocol, [0.0, 0.001],
+                                            "support", max_copy_rate=limit)
+        honest = [c for c in table if c["copy_rate"] <= limit] or table
+        best = min(honest, key=lambda c: c["fid"])
+        assert (chosen.lr, chosen.temperature) == (best["lr"], best["temperature"])
+    for cand in table:
+        alone = pretrain.with_settings(cand["lr"], cand["temperature"])
+        [[res]] = run_generators([alone], val, val_feats, extractor, protocol, [ev.seed + 7], ("support",),
+                                 score_aug=False, score_nll=False)
+        assert res.metrics[("support", cand["temperature"])]["fid"] == pytest.approx(cand["fid"], rel=1e-9)
+    fids = {c["temperature"]: c["fid"] for c in table if c["lr"] == 0.001}
+    assert fids[1.0] != fids[0.3]  # the temperature reaches the samples
+
+
+def test_a_temperature_must_be_positive() -> None:
+    with pytest.raises(ParamsError, match=r"eval.temperatures: expected sampling temperatures > 0, got \[1.0, 0\]"):
+        make_params("eval.temperatures=[1.0, 0]")
+    with pytest.raises(ParamsError, match="eval.temperatures"):
+        make_params("eval.temperatures=[]")

@@ -196,25 +196,26 @@ def test_trained_context_lowers_heldout_nll_of_unseen_classes() -> None:
 
 
 def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Meta-SGD with eval.inner_lr set: evaluation and the registered pyfunc adapt by the same rule."""
+    """Meta-SGD with eval.inner_lr set: the protocol's class job and the registered pyfunc adapt by
+    the same rule and, for the same support and seed, give the same samples in every mode."""
     import mlflow
 
-    from components.evaluation.protocol import class_seed, draw_episode
+    from components.evaluation.protocol import ClassJob, adapt_class, class_seed, draw_episode
     from components.meta.baselines import MetaGenerator
     from components.registry import log_generator
 
     params = make_params("model.width=8", "model.context_dim=6", "meta.algorithm=metasgd", "eval.inner_lr=0.05",
-                         "eval.adapt_steps=2", "eval.samples_per_class=6")
+                         "eval.adapt_steps=2", "eval.samples_per_class=6", "eval.temperatures=[0.7]")
     learner = MetaLearner(build_vae(VAEConfig(1, 28, params.model.latent_dim, 8, "bernoulli", 8, 6), seed=0),
                           params.meta)
     rule = AdaptationRule.from_params(params)
-    assert rule.learned_lrs is False and rule.inner_lr == 0.05
+    assert rule.learned_lrs is False and rule.inner_lr == 0.05 and rule.temperature == 0.7
     test = shapes_split(3, 10, seed=2)
     episode = draw_episode(test, params.meta.k_shot, seed=11)
     support = torch.from_numpy(test.images[episode.supports[0]])
     seed = class_seed(11, 0)  # what the protocol seeds class 0 of the repeat seeded 11 with
-    gen = torch.Generator().manual_seed(seed)
-    evaluated = MetaGenerator(learner, rule).adapt(support, gen).sample(6, "prior", gen, rule.temperature)
+    job = ClassJob(0, support, None, 6, (("prior", 0.7), ("support", 0.7)), 1, seed, 0)
+    evaluated = adapt_class([MetaGenerator(learner, rule)], job).samples
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -222,6 +223,29 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
     mlflow.set_registry_uri(uri)
     run_id = mlflow.MlflowClient().create_run(mlflow.create_experiment("t", (tmp_path / "art").as_uri())).info.run_id
     model_uri = log_generator(run_id, learner, rule, params, support.numpy())
-    served = mlflow.pyfunc.load_model(model_uri).predict(support.numpy(), params={"n": 6, "seed": seed,
-                                                                                  "sampling": "prior"})
-    assert np.array_equal(served, evaluated.numpy())
+    served = mlflow.pyfunc.load_model(model_uri)
+    for mode in ("prior", "support"):
+        out = served.predict(support.numpy(), params={"n": 6, "seed": seed, "sampling": mode})
+        assert np.array_equal(out, evaluated[(mode, 0.7)].numpy()), mode
+    assert not np.array_equal(evaluated[("prior", 0.7)].numpy(), evaluated[("support", 0.7)].numpy())
+
+
+def test_the_rule_fine_tunes_after_its_context_steps_only_when_asked() -> None:
+    """lr 0 is exactly the context-only rule (what training validates); lr > 0 then moves every
+    weight by Adam on the supports, as the `pretrain` baseline is fine-tuned, and lowers their loss."""
+    from dataclasses import replace
+
+    from components.models.vae import per_pixel_loss
+
+    model = build_vae(VAEConfig(1, 28, 4, 8, "bernoulli", 8, 6), seed=0)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    support = torch.from_numpy(shapes_split(1, 5, seed=3).images)
+    rule = AdaptationRule(steps=2, inner_lr=1.0, scope="context", learned_lrs=False, sampling="support",
+                          temperature=1.0, finetune_steps=10, finetune_lr=0.0)
+    plain = rule.adapt(model, params, None, support, torch.Generator().manual_seed(0))
+    context_only = replace(rule, finetune_steps=0).adapt(model, params, None, support, torch.Generator().manual_seed(0))
+    assert all(torch.equal(plain[k], context_only[k]) for k in plain)
+    tuned = replace(rule, finetune_lr=3e-3).adapt(model, params, None, support, torch.Generator().manual_seed(0))
+    assert not torch.equal(tuned["decoder.0.weight"], params["decoder.0.weight"])
+    eps = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    assert float(per_pixel_loss(model, tuned, support, eps)) < float(per_pixel_loss(model, plain, support, eps))
