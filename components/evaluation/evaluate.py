@@ -14,7 +14,7 @@ import torch
 from components.atomic import atomic_file, write_text_atomic
 from components.data.prepare import Split, load_split, read_manifest
 from components.evaluation import extractors as ex
-from components.evaluation.pictures import fid_bar_chart, loss_curve, sample_grid, save_grid
+from components.evaluation.pictures import fid_bar_chart, loss_curve, sample_grid, save_grid, selection_chart
 from components.errors import MetagenError
 from components.evaluation.parallel import Mapper
 from components.evaluation.protocol import (
@@ -273,15 +273,18 @@ def evaluate(
     scores = score(meta, references, test, extractor, protocol, cache_dir / "fid-stats", mapper)
     rows = scores.rows
     out_dir.mkdir(parents=True, exist_ok=True)
+    selection = {meta.name: meta_choice, **scores.selection}
     with phase("pictures"):
         pictures = _pictures(out_dir, test, protocol, scores.samples, rows, history)
+        chart = selection_chart(out_dir / "selection.png", selection, params.registry.max_copy_rate)
+        pictures += [chart] if chart is not None else []
     report = {
         "protocol": {"digest": protocol.digest, **ev.model_dump(mode="json"), "k_shot": params.meta.k_shot,
                      "test_classes": test.classes},
         "extractor": {"name": extractor.name, "digest": extractor.digest, "heldout_accuracy": extractor_acc},
         "adaptation": rule.to_dict(),
         "rows": rows,
-        "selection": {meta.name: meta_choice, **scores.selection},
+        "selection": selection,
         "best": {mode: min((r for r in rows if r["sampling"] == mode), key=lambda r: r["fid_mean"])["model"]
                  for mode in MODES},
     }

@@ -86,3 +86,31 @@ def loss_curve(path: Path, history: list[dict[str, float]]) -> Path | None:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def selection_chart(path: Path, selection: dict[str, Any], max_copy_rate: float) -> Path | None:
+    """Every model's candidate settings on meta-val, FID against copy rate (one line per model,
+    one point per (lr, temperature)), the copy limit and each model's choice: what the choice
+    traded and where each model's fine-tuning starts to copy."""
+    models = {name: s for name, s in selection.items() if s.get("candidates")}
+    if not models:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, s in models.items():
+        pts = sorted((c["copy_rate"], c["fid"]) for c in s["candidates"])
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", alpha=0.7, label=name)[0]
+        best = next(c for c in s["candidates"] if c["lr"] == s["lr"] and c["temperature"] == s["temperature"])
+        ax.scatter([best["copy_rate"]], [best["fid"]], s=120, facecolors="none", edgecolors=line.get_color())
+    ax.axvline(max_copy_rate, color="grey", linestyle="--", label=f"copy limit {max_copy_rate:g}")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(left=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("copy rate (meta-val)")
+    ax.set_ylabel("FID (meta-val)")
+    ax.set_title("each model's fine-tuning lr x temperature candidates; circled: chosen")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

@@ -104,7 +104,7 @@ def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Pat
     assert report["extractor"]["heldout_accuracy"] is not None
     assert "| meta | support |" in out.markdown_path.read_text()
     names = {p.name for p in out.pictures}
-    assert {"grid_meta_support.png", "grid_pretrain_prior.png", "fid.png", "loss.png"} <= names
+    assert {"grid_meta_support.png", "grid_pretrain_prior.png", "fid.png", "loss.png", "selection.png"} <= names
     assert len(list((tmp_path / "cache" / "fid-stats").glob("*-test-*.npz"))) == 2  # one per repeat, shared by all models
     with Image.open(tmp_path / "reports" / "grid_meta_support.png") as img:
         assert img.size[0] > 28 * 10
