@@ -78,10 +78,11 @@ def finetune(
         return {k: v.detach().clone() for k, v in params.items()}
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     opt = torch.optim.Adam(leaves.values(), lr=lr)
-    for _ in range(steps):
-        eps = torch.randn(support.shape[0], model.cfg.latent_dim, generator=generator, dtype=support.dtype)
-        loss = per_pixel_loss(model, leaves, support, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with torch.enable_grad():  # also where the caller samples under no_grad (validation grids)
+        for _ in range(steps):
+            eps = torch.randn(support.shape[0], model.cfg.latent_dim, generator=generator, dtype=support.dtype)
+            loss = per_pixel_loss(model, leaves, support, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return {k: v.detach() for k, v in leaves.items()}

@@ -196,8 +196,11 @@ def test_trained_context_lowers_heldout_nll_of_unseen_classes() -> None:
 
 
 def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Meta-SGD with eval.inner_lr set: the protocol's class job and the registered pyfunc adapt by
-    the same rule and, for the same support and seed, give the same samples in every mode."""
+    """Meta-SGD with eval.inner_lr set and a fine-tuning lr: the protocol's class job and the
+    registered pyfunc adapt by the same rule and, for the same support and seed, give the same
+    samples in every mode."""
+    from dataclasses import replace
+
     import mlflow
 
     from components.evaluation.protocol import ClassJob, adapt_class, class_seed, draw_episode
@@ -208,8 +211,9 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
                          "eval.adapt_steps=2", "eval.samples_per_class=6", "eval.temperatures=[0.7]")
     learner = MetaLearner(build_vae(VAEConfig(1, 28, params.model.latent_dim, 8, "bernoulli", 8, 6), seed=0),
                           params.meta)
-    rule = AdaptationRule.from_params(params)
+    rule = replace(AdaptationRule.from_params(params), finetune_lr=1e-3)  # as if chosen on meta-val
     assert rule.learned_lrs is False and rule.inner_lr == 0.05 and rule.temperature == 0.7
+    assert rule.finetune_steps == params.eval.finetune_steps > 0
     test = shapes_split(3, 10, seed=2)
     episode = draw_episode(test, params.meta.k_shot, seed=11)
     support = torch.from_numpy(test.images[episode.supports[0]])
@@ -247,5 +251,8 @@ def test_the_rule_fine_tunes_after_its_context_steps_only_when_asked() -> None:
     assert all(torch.equal(plain[k], context_only[k]) for k in plain)
     tuned = replace(rule, finetune_lr=3e-3).adapt(model, params, None, support, torch.Generator().manual_seed(0))
     assert not torch.equal(tuned["decoder.0.weight"], params["decoder.0.weight"])
+    with torch.no_grad():  # where validation grids sample: the same adaptation
+        quiet = replace(rule, finetune_lr=3e-3).adapt(model, params, None, support, torch.Generator().manual_seed(0))
+    assert all(torch.equal(tuned[k], quiet[k]) for k in tuned)
     eps = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     assert float(per_pixel_loss(model, tuned, support, eps)) < float(per_pixel_loss(model, plain, support, eps))
