@@ -76,11 +76,11 @@ def main() -> None:
                 if row["model"] == "meta":
                     out["variants"].setdefault(name, {})[row["sampling"]] = {
                         k: row[k] for k in ("nll_mean", "fid_mean", "fid_std", "precision", "recall", "copy_rate",
-                                            "aug_acc_mean")}
+                                            "aug_acc_mean", "adapt_lr", "temperature")}
                 elif not baselines_done:
                     out.setdefault("baselines", {})[f"{row['model']}/{row['sampling']}"] = {
                         k: row[k] for k in ("nll_mean", "fid_mean", "fid_std", "precision", "recall", "copy_rate",
-                                            "aug_acc_mean", "adapt_lr")}
+                                            "aug_acc_mean", "adapt_lr", "temperature")}
             out["variants"][name]["train_s"] = round(train_s, 1)
             out["variants"][name]["final_val_loss"] = result.final_val_loss
             baselines_done = True
