@@ -318,7 +318,8 @@ def choose_settings(
     (``lrs``; None: the generator keeps its own), chosen on meta-val classes
     (one repeat, every candidate at once): the lowest FID among the settings whose samples do not
     copy (copy rate <= ``max_copy_rate``), so that the strongest honest generator is the one
-    compared; if every setting copies, the lowest FID (and the row says it copies). lr 0 is a
+    compared; if every setting copies, the one that copies least (the lowest FID would pick the
+    most copying one, as it did for the meta-model on the CelebA sample). lr 0 is a
     candidate only for a generator that starts trained (``pretrain`` as it is, the meta-model after
     its context steps); for ``scratch`` it would be an untrained network, which copies nothing. The temperature only changes sampling:
     each lr adapts once and samples at every temperature from the same adapted state."""
@@ -334,8 +335,9 @@ def choose_settings(
         table = [{"lr": lr, "temperature": t, "fid": res[0].metrics[(mode, t)]["fid"],
                   "copy_rate": res[0].metrics[(mode, t)]["copy_rate"]}
                  for lr, res in zip(mine, [next(results) for _ in mine], strict=True) for t in temperatures]
-        honest = [row for row in table if row["copy_rate"] <= max_copy_rate] or table
-        best = min(honest, key=lambda row: row["fid"])
+        honest = [row for row in table if row["copy_rate"] <= max_copy_rate]
+        best = (min(honest, key=lambda row: row["fid"]) if honest
+                else min(table, key=lambda row: (row["copy_rate"], row["fid"])))
         log.info("%s: lr %s, temperature %g chosen on meta-val (FID and copy rate of each: %s)",
                  gen.name, best["lr"], best["temperature"], table)
         chosen.append((gen.with_settings(best["lr"], best["temperature"]), table))
