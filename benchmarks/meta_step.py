@@ -9,6 +9,7 @@ Each configuration runs in its own process so that its peak memory is its own (R
 ``torch.cuda.max_memory_allocated`` on a GPU). Prints one JSON document.
 
     python benchmarks/meta_step.py [--batch 4] [--steps 5] [--threads 2] [--device cuda]
+                                   [--settings default] [--algos maml,fomaml]
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ", ".join(SETTINGS))
+    ap.add_argument("--algos", default=None, help="comma-separated subset of the algorithms (default: all)")
     ap.add_argument("--child", nargs=4, metavar=("SETTING", "ALGO", "IMPL", "OUT"))
     args = ap.parse_args()
     if args.child:
@@ -153,9 +156,11 @@ def main() -> None:
     if not have_higher:
         results["higher"] = "not installed (pip install higher)"
     with tempfile.TemporaryDirectory() as tmp:
-        for setting, algos in SETTINGS.items():
+        for setting in args.settings.split(","):
             results["settings"][setting] = {}
-            for algo, impls in algos.items():
+            for algo, impls in SETTINGS[setting].items():
+                if args.algos and algo not in args.algos.split(","):
+                    continue
                 row: dict = {}
                 for impl in impls:
                     if impl == "higher" and not have_higher:
@@ -173,7 +178,9 @@ def main() -> None:
                     if "error" in row[impl] or impl == "loop":
                         continue
                     other = torch.load(f"{tmp}/{setting}-{algo}-{impl}.pt", weights_only=True)
-                    row[impl]["max_abs_grad_diff_vs_loop"] = max(float((other[k] - ref[k]).abs().max()) for k in ref)
+                    # torch's max propagates NaN (Python's max() would skip it after a first 0.0)
+                    row[impl]["max_abs_grad_diff_vs_loop"] = float(torch.stack([(other[k] - ref[k]).abs().max() for k in ref]).max())
+                    row[impl]["grad_max_abs"] = float(torch.stack([ref[k].abs().max() for k in ref]).max())
                     row[impl]["tasks_per_s_ratio_vs_loop"] = round(row[impl]["tasks_per_s"] / row["loop"]["tasks_per_s"], 3)
                     mem = "peak_cuda_mb" if "peak_cuda_mb" in row[impl] else "peak_rss_mb"
                     row[impl]["memory_ratio_vs_loop"] = round(row[impl][mem] / row["loop"][mem], 3)
