@@ -1,0 +1,46 @@
+"""Sampling-temperature sweep on meta-VAL classes: meta vs pretrain (several lrs)."""
+import json, os, sys, time
+from dataclasses import replace
+from pathlib import Path
+import torch
+from components.models import vae as _vae
+if os.environ.get("OUTPUT") == "mode":
+    _vae.ConvVAE.mean_image = lambda self, out: (out > 0).float()
+from components.params import load_params
+from components.data.prepare import load_split, read_manifest
+from components.evaluation.evaluate import load_extractor, pretrained_baseline
+from components.evaluation.protocol import Protocol, run_generators, select_classes
+from components.meta.baselines import FinetuneGenerator, MetaGenerator
+from components.meta.adaptation import AdaptationRule
+from components.meta.trainer import load_learner, vae_config
+from components.models.vae import param_dict
+
+root = Path(sys.argv[1]); temps = [float(t) for t in sys.argv[2].split(",")]; lrs = [float(x) for x in sys.argv[3].split(",")]
+which = sys.argv[4] if len(sys.argv) > 4 else "val"
+ckpt = Path(sys.argv[5]) if len(sys.argv) > 5 else root / "checkpoints"
+params = load_params(root / "params.yaml", [])
+ev = params.eval
+prep = root / params.data.prepared_dir
+train = load_split(prep, "train"); split = load_split(prep, which)
+man = read_manifest(prep)
+extractor, acc = load_extractor(params, root / params.eval.features_dir)
+feats = extractor.features(torch.from_numpy(split.images))
+plain = replace(vae_config(params, train), context_dim=0, kl_weight=1.0)
+t0 = time.time()
+pre = pretrained_baseline(params, plain, train, root / params.train.checkpoint_dir, man["splits"]["train"]["sha256"])
+print("pretrain", time.time() - t0, flush=True)
+restored = load_learner(ckpt)
+rule = AdaptationRule.from_params(params)
+steps_list = [int(x) for x in os.environ.get("ADAPT_STEPS", str(rule.steps)).split(",")]
+gens = [replace(MetaGenerator(restored.learner, replace(rule, steps=st)).with_settings(lr, 1.0), name=f"meta@{lr:g}s{st}") for lr in lrs for st in steps_list] + [FinetuneGenerator(f"pretrain@{lr:g}", pre, param_dict(pre), ev.finetune_steps, lr) for lr in lrs]
+proto = Protocol(ev, params.meta.k_shot, man["splits"][which]["sha256"])
+t0 = time.time()
+res = run_generators(gens, split, feats, extractor, proto, [ev.seed + 7], tuple(os.environ.get("MODES","support").split(",")), score_aug=False, score_nll=bool(os.environ.get("NLL")), temperatures=temps)
+out = {}
+for g, r in zip(gens, res):
+    for (mode, T), m in sorted(r[0].metrics.items()):
+        out[f"{g.name}/{mode}/T{T}"] = {k: round(m[k], 3) for k in ("fid", "copy_rate", "precision", "recall", "nll_mean") if k in m}
+        out[f"{g.name}/{mode}/T{T}"]["nll"] = None if r[0].nll is None else round(r[0].nll, 2)
+        print(f"{g.name:14s} {mode:8s} T={T:<4} " + " ".join(f"{k}={v}" for k, v in out[f"{g.name}/{mode}/T{T}"].items()), flush=True)
+print("took", time.time() - t0, flush=True)
+json.dump(out, open(f"/tmp/exp2/sweep_{root.name}_{which}_{os.environ.get('TAG','x')}.json", "w"), indent=1)
