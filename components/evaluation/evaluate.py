@@ -181,7 +181,7 @@ def score(
     return Scores(rows + references.rows, {meta.name: samples, **references.samples}, references.selection)
 
 
-BASELINES_CACHE_VERSION = 3  # bump when what score_baselines computes changes
+BASELINES_CACHE_VERSION = 4  # bump when what score_baselines computes changes (4: the least-copying fallback of 009ef48)
 
 
 def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, extractor_digest: str,
