@@ -135,7 +135,7 @@ def score_baselines(
     chosen: list[FewShotGenerator] = []
     if baselines:
         val_feats = extractor.features(torch.from_numpy(val.images))
-        with phase("baseline lr choice"):
+        with phase("baseline settings choice"):  # lr x temperature
             picked = choose_settings(baselines, val, val_feats, extractor, protocol, protocol.eval.finetune_lrs,
                                      "support", max_copy_rate, mapper)
         for gen, table in picked:
