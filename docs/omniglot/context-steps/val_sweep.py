@@ -15,6 +15,26 @@ from components.meta.adaptation import AdaptationRule
 from components.meta.trainer import load_learner, vae_config
 from components.models.vae import param_dict
 
+
+import components.meta.adaptation as _A
+from components.meta.algorithms import adapt_keys as _adapt_keys
+from components.models.vae import per_pixel_loss as _ppl
+_orig_ft = _A.finetune
+def _ft(model, params, support, steps, lr, generator):
+    scope = os.environ.get("FT_SCOPE")
+    if not scope or steps == 0 or lr == 0:
+        return _orig_ft(model, params, support, steps, lr, generator)
+    keys = set(_adapt_keys(model, scope))
+    leaves = {k: v.detach().clone().requires_grad_(k in keys) for k, v in params.items()}
+    opt = torch.optim.Adam([leaves[k] for k in keys], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            eps = torch.randn(support.shape[0], model.cfg.latent_dim, generator=generator, dtype=support.dtype)
+            loss = _ppl(model, leaves, support, eps)
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    return {k: v.detach() for k, v in leaves.items()}
+_A.finetune = _ft
+
 root = Path(sys.argv[1]); temps = [float(t) for t in sys.argv[2].split(",")]; lrs = [float(x) for x in sys.argv[3].split(",")]
 which = sys.argv[4] if len(sys.argv) > 4 else "val"
 ckpt = Path(sys.argv[5]) if len(sys.argv) > 5 else root / "checkpoints"
@@ -32,7 +52,7 @@ print("pretrain", time.time() - t0, flush=True)
 restored = load_learner(ckpt)
 rule = AdaptationRule.from_params(params)
 steps_list = [int(x) for x in os.environ.get("ADAPT_STEPS", str(rule.steps)).split(",")]
-gens = [replace(MetaGenerator(restored.learner, replace(rule, steps=st)).with_settings(lr, 1.0), name=f"meta@{lr:g}s{st}") for lr in lrs for st in steps_list] + [FinetuneGenerator(f"pretrain@{lr:g}", pre, param_dict(pre), ev.finetune_steps, lr) for lr in lrs]
+gens = [replace(MetaGenerator(restored.learner, replace(rule, steps=st)).with_settings(lr, 1.0), name=f"meta@{lr:g}s{st}") for lr in lrs for st in steps_list] + [FinetuneGenerator(f"pretrain@{lr:g}", pre, param_dict(pre), ev.finetune_steps, lr) for lr in lrs if os.environ.get("PRE", "1") == "1"]
 proto = Protocol(ev, params.meta.k_shot, man["splits"][which]["sha256"])
 t0 = time.time()
 res = run_generators(gens, split, feats, extractor, proto, [ev.seed + 7], tuple(os.environ.get("MODES","support").split(",")), score_aug=False, score_nll=bool(os.environ.get("NLL")), temperatures=temps)
