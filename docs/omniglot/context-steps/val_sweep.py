@@ -38,7 +38,7 @@ _A.finetune = _ft
 root = Path(sys.argv[1]); temps = [float(t) for t in sys.argv[2].split(",")]; lrs = [float(x) for x in sys.argv[3].split(",")]
 which = sys.argv[4] if len(sys.argv) > 4 else "val"
 ckpt = Path(sys.argv[5]) if len(sys.argv) > 5 else root / "checkpoints"
-params = load_params(root / "params.yaml", [])
+params = load_params(root / "params.yaml", [x for x in os.environ.get("SETS", "").split() if x])
 ev = params.eval
 prep = root / params.data.prepared_dir
 train = load_split(prep, "train"); split = load_split(prep, which)
