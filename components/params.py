@@ -74,6 +74,7 @@ class ModelParams(_Section):
     groupnorm_groups: int = Field(ge=0)
     context_dim: int = Field(ge=0)
     kl_weight: float = Field(default=1.0, gt=0, le=1)  # beta of the set-VAE's training objective (baselines: 1)
+    support_attention: bool = False  # the set-VAE's decoder attends over the supports' feature maps
 
 
 class MetaParams(_Section):
@@ -254,6 +255,8 @@ class Params(_Section):
         if self.meta.adapt_scope in ("film", "context") and self.model.context_dim == 0:
             raise ValueError(f"meta.adapt_scope {self.meta.adapt_scope!r} needs a set-conditioned VAE: "
                              "set model.context_dim > 0")
+        if self.model.support_attention and self.model.context_dim == 0:
+            raise ValueError("model.support_attention needs a set-conditioned VAE: set model.context_dim > 0")
         need = self.meta.k_shot + self.meta.k_query
         if need > self.data.min_images_per_class:
             raise ValueError(

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from components.meta.algorithms import adapt, adapt_keys
-from components.models.vae import ConvVAE, Params, per_pixel_loss, sample, with_context
+from components.models.vae import MEMORY, ConvVAE, Params, per_pixel_loss, sample, with_context
 from components.params import Params as AllParams
 
 
@@ -73,11 +73,12 @@ def finetune(
     model: ConvVAE, params: Params, support: Tensor, steps: int, lr: float, generator: torch.Generator
 ) -> Params:
     """Adam on the per-pixel negative ELBO of ``support`` over every entry of ``params`` (the
-    context too, if any); ``lr == 0`` or ``steps == 0`` is a no-op. No graph kept."""
+    context too, if any; not the supports' attention memory, which is data); ``lr == 0`` or
+    ``steps == 0`` is a no-op. No graph kept."""
     if steps == 0 or lr == 0:
         return {k: v.detach().clone() for k, v in params.items()}
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    opt = torch.optim.Adam(leaves.values(), lr=lr)
+    leaves = {k: v.detach().clone().requires_grad_(k != MEMORY) for k, v in params.items()}
+    opt = torch.optim.Adam([v for v in leaves.values() if v.requires_grad], lr=lr)
     with torch.enable_grad():  # also where the caller samples under no_grad (validation grids)
         for _ in range(steps):
             eps = torch.randn(support.shape[0], model.cfg.latent_dim, generator=generator, dtype=support.dtype)

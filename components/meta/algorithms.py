@@ -34,7 +34,8 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
 from components.meta.tasks import TaskBatch
-from components.models.vae import CONTEXT, ConvVAE, Params, neg_elbo, per_pixel_loss, set_context, trunk, with_context
+from components.models.vae import (CONTEXT, MEMORY, ConvVAE, Params, neg_elbo, per_pixel_loss, set_context, trunk,
+                                   with_context)
 from components.params import MetaParams
 
 Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
@@ -252,13 +253,15 @@ def batchable(model: ConvVAE, cfg: AlgoConfig) -> bool:
     return model.conditional and cfg.keys == (CONTEXT,) and cfg.algorithm in ("maml", "fomaml", "metasgd")
 
 
-def _task_losses(model: ConvVAE, weights: Params, contexts: Tensor, x: Tensor, features: Tensor, eps: Tensor) -> Tensor:
+def _task_losses(model: ConvVAE, weights: Params, contexts: Tensor, x: Tensor, features: Tensor, eps: Tensor,
+                 memory: Tensor | None = None) -> Tensor:
     """Per-task per-pixel negative ELBO ``(B,)`` of ``x`` ``(B, n, C, H, W)`` (trunk ``features``
-    ``(B*n, F)``), task b under ``contexts[b]``."""
+    ``(B*n, F)``), task b under ``contexts[b]`` (and ``memory[b]``, if the decoder attends)."""
     b, n = x.shape[:2]
-    per_image = contexts.repeat_interleave(n, dim=0)
-    nll = neg_elbo(model, {**weights, CONTEXT: per_image}, x.reshape(b * n, *x.shape[2:]), eps.reshape(b * n, -1),
-                   features)
+    task = {CONTEXT: contexts.repeat_interleave(n, dim=0)}
+    if memory is not None:
+        task[MEMORY] = memory.repeat_interleave(n, dim=0)
+    nll = neg_elbo(model, {**weights, **task}, x.reshape(b * n, *x.shape[2:]), eps.reshape(b * n, -1), features)
     return nll.view(b, n).mean(1) / model.num_pixels
 
 
@@ -276,18 +279,22 @@ def meta_gradients_batched(
     # the trunk does not see the context: its features of the supports serve the set encoder and
     # every inner step (the per-task loop recomputes them each time)
     feats = trunk(model, leaves, batch.support.reshape(b * k, *batch.support.shape[2:]))
-    start = set_context(model, leaves, batch.support, feats) * batch.keep().to(feats)[:, None]  # (B, d)
+    keep = batch.keep().to(feats)
+    start = set_context(model, leaves, batch.support, feats) * keep[:, None]  # (B, d)
+    memory = model.support_memory(feats, (b,)) * keep[:, None, None] if model.attends else None  # (B, K*P, c)
     ctx = start if second_order else start.detach().requires_grad_(True)
     inner_feats = feats if second_order else feats.detach()
+    inner_memory = memory if (second_order or memory is None) else memory.detach()
     for s in range(cfg.inner_steps):
         # the sum of the tasks' losses: its gradient in task b's context is task b's own gradient
-        inner = _task_losses(model, leaves, ctx, batch.support, inner_feats, batch.eps_inner[:, s, :k]).sum()
+        inner = _task_losses(model, leaves, ctx, batch.support, inner_feats, batch.eps_inner[:, s, :k],
+                             inner_memory).sum()
         (g,) = torch.autograd.grad(inner, [ctx], create_graph=second_order)
         ctx = ctx - lr * g
     if not second_order:
         ctx = start + (ctx - start).detach()
     query_feats = trunk(model, leaves, batch.query.reshape(-1, *batch.query.shape[2:]))
-    losses = _task_losses(model, leaves, ctx, batch.query, query_feats, batch.eps_query)
+    losses = _task_losses(model, leaves, ctx, batch.query, query_feats, batch.eps_query, memory)
     loss = losses.mean()
     wrt = list(leaves.items()) + ([(f"lr::{CONTEXT}", lr_leaf)] if lr_leaf is not None else [])
     gs = torch.autograd.grad(loss, [v for _, v in wrt], allow_unused=True)

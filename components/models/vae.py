@@ -11,6 +11,13 @@ class context ``c``; the prior ``p(z|c)``, the encoder ``q(z|x,c)`` and the deco
 (through FiLM, a per-channel scale and shift of every decoder block) are conditioned on it. The
 context travels in the parameter dict under the key :data:`CONTEXT`, so the inner loop of MAML,
 Reptile or Meta-SGD can adapt it like any parameter (CAVIA), starting from the set encoder's output.
+
+With ``support_attention`` the decoder also attends over the supports themselves (Reed et al. 2017,
+few-shot autoregressive density estimation; Bartunov & Vetrov 2018, generative matching networks):
+the encoder trunk's feature map of each support (``base x base`` positions) is a memory, and at its
+first (coarsest) stage the decoder adds what its positions read from that memory by dot-product
+attention with learned positions. The memory travels in the parameter dict under :data:`MEMORY`:
+data of the task, never adapted by the inner loop.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from components.params import ModelParams
 
 Params = dict[str, Tensor]
 CONTEXT = "context"  # the task-specific entry of a parameter dict (not a network weight)
+MEMORY = "memory"  # the supports' trunk features the decoder attends over (task data, never adapted)
+TASK_KEYS = (CONTEXT, MEMORY)
 
 
 @dataclass(frozen=True)
@@ -39,11 +48,12 @@ class VAEConfig:
     groupnorm_groups: int
     context_dim: int = 0  # 0: the unconditional VAE (the baselines' architecture)
     kl_weight: float = 1.0  # beta of the training/adaptation objective; the IWAE NLL never uses it
+    support_attention: bool = False  # the decoder attends over the supports' feature maps (needs context_dim > 0)
 
     @classmethod
     def from_params(cls, model: ModelParams, channels: int, image_size: int) -> VAEConfig:
         return cls(channels, image_size, model.latent_dim, model.width, model.likelihood, model.groupnorm_groups,
-                   model.context_dim, model.kl_weight)
+                   model.context_dim, model.kl_weight, model.support_attention)
 
 
 def _norm(groups: int, ch: int) -> nn.Module:
@@ -90,6 +100,15 @@ class ConvVAE(nn.Module):
             for layer in (self.prior_head, self.film):  # start as the unconditional VAE: N(0, I), identity FiLM
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+        if self.attends:
+            c0, positions = chans[-1], self.base * self.base
+            self.attn_q = nn.Conv2d(c0, c0, 1)
+            self.attn_k = nn.Linear(c0, c0)
+            self.attn_v = nn.Linear(c0, c0)
+            self.attn_pos = nn.Parameter(0.1 * torch.randn(positions, c0))
+            self.attn_out = nn.Conv2d(c0, c0, 1)
+            nn.init.zeros_(self.attn_out.weight)  # starts as the decoder without attention
+            nn.init.zeros_(self.attn_out.bias)
         if cfg.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.full((cfg.channels,), -2.0))
 
@@ -100,6 +119,11 @@ class ConvVAE(nn.Module):
     @property
     def conditional(self) -> bool:
         return self.cfg.context_dim > 0
+
+    @property
+    def attends(self) -> bool:
+        """The decoder attends over the supports (a set-conditioned VAE with ``support_attention``)."""
+        return self.conditional and self.cfg.support_attention
 
     # --- pieces --------------------------------------------------------------------------
     def _with_context(self, h: Tensor, context: Tensor | None) -> Tensor:
@@ -121,6 +145,28 @@ class ConvVAE(nn.Module):
         pooled = emb.view(*lead, -1, emb.shape[-1]).mean(-2)
         return self.set_head(pooled)
 
+    def support_memory(self, features: Tensor, lead: tuple[int, ...]) -> Tensor:
+        """The supports' trunk ``features`` ``(prod(lead) * K, F)`` as attention memory: one token per
+        support and position, ``(*lead, K * base**2, channels)``."""
+        c0 = features.shape[-1] // (self.base * self.base)
+        tokens = features.view(-1, c0, self.base * self.base).transpose(1, 2)  # (N, P, c0)
+        return tokens.reshape(*lead, -1, c0)
+
+    def _attend(self, h: Tensor, memory: Tensor | None) -> Tensor:
+        """What each position of the decoder's coarsest map ``h`` ``(n, c, b, b)`` reads from the
+        memory (one ``(M, c)`` for every row, or one per row ``(n, M, c)``): single-head
+        dot-product attention, positions learned for queries and the supports' tokens alike."""
+        if memory is None:
+            raise ValueError("a decoder with support attention needs the supports' memory")
+        n, c = h.shape[:2]
+        pos = self.attn_pos
+        q = self.attn_q(h).flatten(2).transpose(1, 2) + pos  # (n, P, c)
+        keys = self.attn_k(memory) + pos.repeat(memory.shape[-2] // pos.shape[0], 1)
+        values = self.attn_v(memory)
+        weights = torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(c), dim=-1)  # (n, P, M)
+        read = (weights @ values).transpose(1, 2).reshape(h.shape)
+        return self.attn_out(read)
+
     def prior(self, context: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of p(z | c) (standard normal for the unconditional VAE)."""
         latent = self.cfg.latent_dim
@@ -137,11 +183,13 @@ class ConvVAE(nn.Module):
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar.clamp(-10.0, 6.0)
 
-    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def decode(self, z: Tensor, context: Tensor | None = None, memory: Tensor | None = None) -> Tensor:
         """Decoder output: Bernoulli logits or Gaussian pre-sigmoid means."""
         h = self.dec_in(self._with_context(z, context)).view(z.shape[0], -1, self.base, self.base)
         if not self.conditional:
             return self.decoder(h)
+        if self.attends:
+            h = h + self._attend(h, memory)
         film = self.film(context)
         offset, block = 0, 0
         for layer in self.decoder:
@@ -166,8 +214,8 @@ class ConvVAE(nn.Module):
         return ll.flatten(1).sum(-1)
 
     # --- the pure function --------------------------------------------------------------
-    def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo",
-                context: Tensor | None = None, features: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo", context: Tensor | None = None,
+                features: Tensor | None = None, memory: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Per-image negative ELBO (nats) given the reparameterisation noise ``eps``.
 
         ``part`` = ``"encode"`` / ``"decode"`` / ``"set"`` / ``"prior"`` / ``"iwae"`` / ``"trunk"``
@@ -179,29 +227,29 @@ class ConvVAE(nn.Module):
         if part == "encode":
             return self.encode(x, context, features)
         if part == "decode":
-            return self.decode(x, context)
+            return self.decode(x, context, memory)
         if part == "set":
             return self.set_context(x, features)
         if part == "prior":
             return self.prior(context, int(x.shape[0]))
         if part == "iwae":
-            return self._log_weights(x, eps, context)
+            return self._log_weights(x, eps, context, memory)
         if eps is None:
             raise ValueError("the ELBO needs reparameterisation noise eps")
         mu, logvar = self.encode(x, context, features)
         z = mu + eps * (0.5 * logvar).exp()
-        out = self.decode(z, context)
+        out = self.decode(z, context, memory)
         p_mu, p_logvar = self.prior(context, x.shape[0])
         kl = 0.5 * (p_logvar - logvar + (logvar.exp() + (mu - p_mu).pow(2)) / p_logvar.exp() - 1.0).sum(-1)
         return self.cfg.kl_weight * kl - self.log_likelihood(out, x)
 
-    def _log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None) -> Tensor:
+    def _log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None, memory: Tensor | None) -> Tensor:
         """log p(x, z_s) - log q(z_s | x) for ``eps`` of shape (S, n, latent): (S, n)."""
         s, n = eps.shape[0], x.shape[0]
         mu, logvar = self.encode(x, context)
         std = (0.5 * logvar).exp()
         z = mu + eps * std                                          # (S, n, latent)
-        out = self.decode(z.reshape(s * n, -1), context)
+        out = self.decode(z.reshape(s * n, -1), context, memory)
         log_px = self.log_likelihood(out, x.repeat(s, 1, 1, 1)).view(s, n)
         p_mu, p_logvar = self.prior(context, n)
         log_pz = _log_normal(z, p_mu, p_logvar)
@@ -225,8 +273,9 @@ def param_dict(model: nn.Module) -> Params:
 
 def _call(model: ConvVAE, params: Params, args: tuple, part: str,
           features: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-    weights = {k: v for k, v in params.items() if k != CONTEXT}
-    return functional_call(model, weights, args, {"part": part, "context": params.get(CONTEXT), "features": features})
+    weights = {k: v for k, v in params.items() if k not in TASK_KEYS}
+    return functional_call(model, weights, args, {"part": part, "context": params.get(CONTEXT), "features": features,
+                                                  "memory": params.get(MEMORY)})
 
 
 def set_context(model: ConvVAE, params: Params, support: Tensor, features: Tensor | None = None) -> Tensor:
@@ -241,10 +290,16 @@ def trunk(model: ConvVAE, params: Params, x: Tensor) -> Tensor:
 
 def with_context(model: ConvVAE, params: Params, support: Tensor, keep: Tensor | float = 1.0) -> Params:
     """The starting point of a task's adaptation: the weights plus, for a set-conditioned VAE, the
-    set encoder's context from ``support`` (times ``keep``: 0 starts from the null context)."""
+    set encoder's context from ``support`` (times ``keep``: 0 starts from the null context) and,
+    if its decoder attends over the supports, their memory (times ``keep`` too)."""
     if not model.conditional:
         return dict(params)
-    return {**params, CONTEXT: set_context(model, params, support) * keep}
+    weights = {k: v for k, v in params.items() if k not in TASK_KEYS}
+    if not model.attends:
+        return {**weights, CONTEXT: set_context(model, weights, support) * keep}
+    feats = trunk(model, weights, support)
+    return {**weights, CONTEXT: set_context(model, weights, support, feats) * keep,
+            MEMORY: model.support_memory(feats, tuple(support.shape[:-4])) * keep}
 
 
 def neg_elbo(model: ConvVAE, params: Params, x: Tensor, eps: Tensor, features: Tensor | None = None) -> Tensor:

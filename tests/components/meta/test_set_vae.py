@@ -14,15 +14,15 @@ from components.meta.adaptation import AdaptationRule
 from components.meta.algorithms import AlgoConfig, adapt_keys, key_shape, meta_gradients
 from components.meta.learner import MetaLearner
 from components.meta.tasks import TaskBatch, TaskSampler
-from components.models.vae import CONTEXT, VAEConfig, build_vae, iwae_nll, param_dict, with_context
+from components.models.vae import CONTEXT, MEMORY, VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict, with_context
 from tests.conftest import make_params
 
 
-def _model(context: int = 4, likelihood: str = "bernoulli"):  # noqa: ANN202
-    model = build_vae(VAEConfig(1, 28, 3, 4, likelihood, 2, context), seed=0).double()
-    with torch.no_grad():  # FiLM and the prior start at zero: move them so every path is exercised
+def _model(context: int = 4, likelihood: str = "bernoulli", attention: bool = False):  # noqa: ANN202
+    model = build_vae(VAEConfig(1, 28, 3, 4, likelihood, 2, context, support_attention=attention), seed=0).double()
+    with torch.no_grad():  # FiLM, the prior and the attention's output start at zero: move them so every path is exercised
         for name, p in model.named_parameters():
-            if name.startswith(("film.", "prior_head.")):
+            if name.startswith(("film.", "prior_head.", "attn_out.")):
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
     return model, param_dict(model)
 
@@ -35,13 +35,15 @@ def _batch(b: int = 2, k: int = 3, q: int = 2, steps: int = 2) -> TaskBatch:
                      torch.randn(b, q, 3, generator=g, dtype=torch.float64), tuple(range(b)))
 
 
+@pytest.mark.parametrize("attention", [False, True])
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "reptile"])
-def test_context_dropout_is_the_same_gradient_in_every_implementation(algo: str) -> None:
+def test_context_dropout_is_the_same_gradient_in_every_implementation(algo: str, attention: bool) -> None:
     """A task that starts from the null context (meta.context_dropout) gets the same meta-gradient
-    from the batched step, vmap and the loop; and it is a different gradient from the full context's."""
+    from the batched step, vmap and the loop; and it is a different gradient from the full context's.
+    With support attention, the memory is dropped with the context."""
     from dataclasses import replace
 
-    model, params = _model()
+    model, params = _model(attention=attention)
     keys = adapt_keys(model, "all" if algo == "reptile" else "context")
     cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
     lrs = {k: torch.full(key_shape(model, k), 0.3, dtype=torch.float64) for k in keys} if algo == "metasgd" else None
@@ -103,10 +105,25 @@ def test_context_is_permutation_invariant() -> None:
     assert not torch.allclose(a, with_context(model, params, _batch().support[1])[CONTEXT])
 
 
+def test_support_attention_is_permutation_invariant_and_reads_the_supports() -> None:
+    """The decoder's attention over the supports' feature maps: the same ELBO for shuffled supports,
+    a different one for another class's supports; the memory holds one token per support and position."""
+    model, params = _model(attention=True)
+    batch = _batch(k=3)
+    support, x, eps = batch.support[0], batch.query[0], batch.eps_query[0]
+    start = with_context(model, params, support)
+    assert start[MEMORY].shape == (3 * model.base**2, 2 * 4)
+    shuffled = with_context(model, params, support[torch.tensor([2, 0, 1])])
+    a, b = neg_elbo(model, start, x, eps), neg_elbo(model, shuffled, x, eps)
+    assert torch.allclose(a, b, atol=1e-10)
+    other = {**start, MEMORY: with_context(model, params, batch.support[1])[MEMORY]}  # same context, other memory
+    assert float((neg_elbo(model, other, x, eps) - a).abs().max()) > 1e-6
+
+
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "metasgd"])
-@pytest.mark.parametrize("scope", ["context", "film", "all"])
-def test_context_path_vmap_equals_loop(algo: str, scope: str) -> None:
-    model, params = _model()
+@pytest.mark.parametrize(("scope", "attention"), [("context", False), ("film", False), ("all", False), ("all", True)])
+def test_context_path_vmap_equals_loop(algo: str, scope: str, attention: bool) -> None:
+    model, params = _model(attention=attention)
     keys = adapt_keys(model, "all" if algo == "reptile" else scope)
     cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
     lrs = {k: torch.full(key_shape(model, k), 0.3, dtype=torch.float64) for k in keys} if algo == "metasgd" else None
@@ -118,10 +135,11 @@ def test_context_path_vmap_equals_loop(algo: str, scope: str) -> None:
     assert float(g1["set_head.3.weight"].abs().max()) > 0  # the set encoder is trained by every algorithm
 
 
+@pytest.mark.parametrize("attention", [False, True])
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd"])
-def test_batched_context_step_equals_loop(algo: str) -> None:
+def test_batched_context_step_equals_loop(algo: str, attention: bool) -> None:
     """The batched meta-step (all tasks in one batch, a context per task) is the loop's gradient."""
-    model, params = _model()
+    model, params = _model(attention=attention)
     keys = adapt_keys(model, "context")
     cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
     lrs = {CONTEXT: torch.linspace(0.1, 0.5, 4, dtype=torch.float64)} if algo == "metasgd" else None
@@ -136,8 +154,9 @@ def test_batched_context_step_equals_loop(algo: str) -> None:
         meta_gradients(model, params, None, b, AlgoConfig("maml", 2, 0.3, adapt_keys(model, "film")), impl="batched")
 
 
-def test_second_order_context_maml_matches_finite_differences() -> None:
-    model, params = _model()
+@pytest.mark.parametrize("attention", [False, True])
+def test_second_order_context_maml_matches_finite_differences(attention: bool) -> None:
+    model, params = _model(attention=attention)
     cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "context"))
     b = _batch()
     _, g = meta_gradients(model, params, None, b, cfg, vectorize=False)
