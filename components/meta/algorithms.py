@@ -256,11 +256,12 @@ def batchable(model: ConvVAE, cfg: AlgoConfig) -> bool:
 def _task_losses(model: ConvVAE, weights: Params, contexts: Tensor, x: Tensor, features: Tensor, eps: Tensor,
                  memory: Tensor | None = None) -> Tensor:
     """Per-task per-pixel negative ELBO ``(B,)`` of ``x`` ``(B, n, C, H, W)`` (trunk ``features``
-    ``(B*n, F)``), task b under ``contexts[b]`` (and ``memory[b]``, if the decoder attends)."""
+    ``(B*n, F)``), task b under ``contexts[b]`` (and ``memory[b]``, if the decoder attends: one
+    memory per task, the task's n images a contiguous group of rows)."""
     b, n = x.shape[:2]
     task = {CONTEXT: contexts.repeat_interleave(n, dim=0)}
     if memory is not None:
-        task[MEMORY] = memory.repeat_interleave(n, dim=0)
+        task[MEMORY] = memory
     nll = neg_elbo(model, {**weights, **task}, x.reshape(b * n, *x.shape[2:]), eps.reshape(b * n, -1), features)
     return nll.view(b, n).mean(1) / model.num_pixels
 

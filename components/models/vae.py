@@ -102,11 +102,11 @@ class ConvVAE(nn.Module):
                 nn.init.zeros_(layer.bias)
         if self.attends:
             c0, positions = chans[-1], self.base * self.base
-            self.attn_q = nn.Conv2d(c0, c0, 1)
+            self.attn_q = nn.Linear(c0, c0)  # on the tokens: a 1x1 convolution as a matmul (cheaper on CPU)
             self.attn_k = nn.Linear(c0, c0)
             self.attn_v = nn.Linear(c0, c0)
             self.attn_pos = nn.Parameter(0.1 * torch.randn(positions, c0))
-            self.attn_out = nn.Conv2d(c0, c0, 1)
+            self.attn_out = nn.Linear(c0, c0)
             nn.init.zeros_(self.attn_out.weight)  # starts as the decoder without attention
             nn.init.zeros_(self.attn_out.bias)
         if cfg.likelihood == "gaussian":
@@ -154,18 +154,24 @@ class ConvVAE(nn.Module):
 
     def _attend(self, h: Tensor, memory: Tensor | None) -> Tensor:
         """What each position of the decoder's coarsest map ``h`` ``(n, c, b, b)`` reads from the
-        memory (one ``(M, c)`` for every row, or one per row ``(n, M, c)``): single-head
-        dot-product attention, positions learned for queries and the supports' tokens alike."""
+        supports' memory: ``(M, c)`` for every row, or ``(G, M, c)`` for G contiguous groups of
+        rows (the tasks of a batched meta-step; keys and values are then computed once per task,
+        not per image). Single-head dot-product attention, positions learned for the queries and
+        the supports' tokens alike."""
         if memory is None:
             raise ValueError("a decoder with support attention needs the supports' memory")
         n, c = h.shape[:2]
+        mem = memory if memory.dim() == 3 else memory.unsqueeze(0)  # (G, M, c)
+        groups = mem.shape[0]
+        if n % groups:
+            raise ValueError(f"{n} rows cannot be split into the memory's {groups} groups")
         pos = self.attn_pos
-        q = self.attn_q(h).flatten(2).transpose(1, 2) + pos  # (n, P, c)
-        keys = self.attn_k(memory) + pos.repeat(memory.shape[-2] // pos.shape[0], 1)
-        values = self.attn_v(memory)
-        weights = torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(c), dim=-1)  # (n, P, M)
-        read = (weights @ values).transpose(1, 2).reshape(h.shape)
-        return self.attn_out(read)
+        q = (self.attn_q(h.flatten(2).transpose(1, 2)) + pos).reshape(groups, -1, c)  # (G, n/G * P, c)
+        keys = self.attn_k(mem) + pos.repeat(mem.shape[1] // pos.shape[0], 1)
+        values = self.attn_v(mem)
+        weights = torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(c), dim=-1)  # (G, n/G * P, M)
+        read = self.attn_out((weights @ values).reshape(n, -1, c))  # (n, P, c)
+        return read.transpose(1, 2).reshape(h.shape)
 
     def prior(self, context: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of p(z | c) (standard normal for the unconditional VAE)."""
