@@ -60,8 +60,8 @@ def test_two_workers_with_a_killed_one_resume_to_the_in_process_run(local_ray: N
     for a, b in zip(local.history, final.state.history, strict=True):
         for key in ("train_loss", "val_loss", "val_loss_unadapted"):
             assert (key in a) == (key in b)
-            if key in a:
-                assert abs(a[key] - b[key]) <= 1e-5, (a["step"], key, a[key], b[key])
+            if key in a:  # two shards sum in another order: float-level differences, nothing more
+                assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-6), (a["step"], key)
     assert {h["world_size"] for h in two.history} == {2.0}
     assert _max_diff(load_checkpoint(two.checkpoint)["learner"]["model"],
                      load_checkpoint(local.checkpoint)["learner"]["model"]) <= 1e-5
