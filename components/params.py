@@ -196,6 +196,7 @@ class EvalParams(_Section):
     min_extractor_accuracy: float = Field(ge=0, le=1)
     max_classes: int | None = Field(ge=1)
     nll_samples: int = Field(ge=1)
+    nll_proposal_scales: list[float] = Field(min_length=1)
     nll_max_images: int = Field(ge=1)
     prdc_k: int = Field(ge=1)
     copy_percentile: float = Field(gt=0, lt=100)
@@ -216,6 +217,13 @@ class EvalParams(_Section):
         if any(not t > 0 for t in temps):
             raise ValueError("expected sampling temperatures > 0")
         return temps
+
+    @field_validator("nll_proposal_scales")
+    @classmethod
+    def _check_proposal_scales(cls, scales: list[float]) -> list[float]:
+        if any(not s > 0 for s in scales) or len(set(scales)) != len(scales):
+            raise ValueError("expected distinct scales > 0 of the IWAE proposal's standard deviation")
+        return scales
 
     @field_validator("finetune_lrs")
     @classmethod

@@ -126,14 +126,19 @@ def score_baselines(
     max_copy_rate: float,
     stats_cache: Path | None = None,
     mapper: Mapper | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> Scores:
     """The references the meta-model is compared with; they do not depend on it (so they can run
     while it trains, and be cached): each baseline with its adaptation lr chosen on the meta-val
-    classes ``val`` first (with its sampling temperature), then the support-replay reference."""
+    classes ``val`` first (with its sampling temperature; ``selection``: a choice already made,
+    as this function returns it), then the support-replay reference."""
     test_feats = extractor.features(torch.from_numpy(test.images))
-    selection: dict[str, Any] = {}
     chosen: list[FewShotGenerator] = []
-    if baselines:
+    if selection is not None:
+        chosen = [gen.with_settings(selection[gen.name]["lr"], selection[gen.name]["temperature"]) for gen in baselines]
+    else:
+        selection = {}
+    if baselines and not chosen:
         val_feats = extractor.features(torch.from_numpy(val.images))
         with phase("baseline settings choice"):  # lr x temperature
             picked = choose_settings(baselines, val, val_feats, extractor, protocol, protocol.eval.finetune_lrs,
@@ -185,13 +190,16 @@ BASELINES_CACHE_VERSION = 4  # bump when what score_baselines computes changes (
 
 
 def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, extractor_digest: str,
-                  cfg: VAEConfig) -> str:
+                  cfg: VAEConfig, choice: bool = False) -> str:
     """The baselines' scores depend on the data, the protocol, the extractor, the baselines' own
-    settings and their VAE, never on the meta-model: a digest of exactly those."""
+    settings and their VAE, never on the meta-model: a digest of exactly those (``choice``: of what
+    their settings choice depends on, so that a change of the NLL estimator or of the number of
+    repeats rescores them without choosing again)."""
     ev, splits = params.eval, manifest["splits"]
     blob = {
         "version": BASELINES_CACHE_VERSION, "data": {k: splits[k]["sha256"] for k in ("train", "val", "test")},
-        "protocol": protocol.digest, "extractor": extractor_digest, "vae": cfg.__dict__,
+        "protocol": protocol.choice_digest if choice else protocol.digest, "choice": choice,
+        "extractor": extractor_digest, "vae": cfg.__dict__,
         "baselines": {k: getattr(ev, k) for k in ("finetune_lrs", "lr_choice_classes", "finetune_steps",
                                                    "scratch_steps", "pretrain_lr")},
         "pretrain": {"steps": params.train.pretrain_steps, "batch": params.train.pretrain_batch_size,
@@ -220,12 +228,30 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
         pre_model = pretrained_baseline(params, plain, train, cache_dir, manifest["splits"]["train"]["sha256"])
     gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.finetune_steps),
             FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
+    choice_path = cache_dir / f"baselines-choice-{baselines_key(params, manifest, protocol, extractor.digest, plain, choice=True)}.json"
+    selection = _cached_choice(choice_path, [gen.name for gen in gens])
     scores = score_baselines(gens, test, choice_classes(val, ev), extractor, protocol,
-                             params.registry.max_copy_rate, cache_dir / "fid-stats", mapper)
+                             params.registry.max_copy_rate, cache_dir / "fid-stats", mapper, selection)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    if selection is None:
+        write_text_atomic(choice_path, json.dumps(scores.selection, indent=1))
     with atomic_file(path) as tmp:
         torch.save({"rows": scores.rows, "samples": scores.samples, "selection": scores.selection}, tmp)
     return scores
+
+
+def _cached_choice(path: Path, names: list[str]) -> dict[str, Any] | None:
+    """A baselines' settings choice made before (None: none, or one unreadable, made again)."""
+    if not path.is_file():
+        return None
+    try:
+        selection = json.loads(path.read_text())
+        if all(isinstance(selection[n]["lr"], (int, float)) and selection[n]["temperature"] > 0 for n in names):
+            return selection
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    log.warning("%s: not a settings choice of %s; choosing again", path, ", ".join(names))
+    return None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The few-shot evaluation protocol: adapt on K images of each meta-test class, then score.
 
 Per model and repeat (a seeded draw of the K supports of every class):
-* ``nll``: an importance-weighted estimate (IWAE, ``eval.nll_samples``) of -log p(x) of the class's
+* ``nll``: an importance-weighted estimate (IWAE, ``eval.nll_samples`` from the posterior widened by
+  each of ``eval.nll_proposal_scales``: a stratified mixture proposal) of -log p(x) of the class's
   held-out images given the adapted model, nats per image: the headline, which copying cannot win;
 * per sampling mode, ``eval.samples_per_class`` images per class scored against the held-out real
   images in the extractor's space: pooled FID and KID, precision / recall / density / coverage,
@@ -46,13 +47,24 @@ class Protocol:
 
     @property
     def digest(self) -> str:
-        fields = self.eval.model_dump(
-            mode="json",
-            include={"seed", "repeats", "samples_per_class", "temperatures", "kid_subsets", "kid_subset_size",
-                     "augment_steps", "max_classes", "nll_samples", "nll_max_images", "prdc_k", "copy_percentile"},
-        )
+        return self._digest(SCORING_FIELDS)
+
+    @property
+    def choice_digest(self) -> str:
+        """What a settings choice (:func:`choose_settings`: one seed, no NLL, no augmentation
+        classifier) depends on: the digest without the fields it does not read."""
+        return self._digest(SCORING_FIELDS - NOT_IN_CHOICE)
+
+    def _digest(self, include: set[str]) -> str:
+        fields = self.eval.model_dump(mode="json", include=include)
         blob = json.dumps({"eval": fields, "k_shot": self.k_shot, "test": self.test_sha256}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+SCORING_FIELDS = {"seed", "repeats", "samples_per_class", "temperatures", "kid_subsets", "kid_subset_size",
+                  "augment_steps", "max_classes", "nll_samples", "nll_proposal_scales", "nll_max_images", "prdc_k",
+                  "copy_percentile"}
+NOT_IN_CHOICE = {"repeats", "augment_steps", "nll_samples", "nll_proposal_scales", "nll_max_images"}
 
 
 def select_classes(split: Split, max_classes: int | None, seed: int) -> Split:
@@ -147,6 +159,7 @@ class ClassJob:
     samples: int
     variants: tuple[Variant, ...]
     nll_samples: int
+    nll_proposal_scales: tuple[float, ...]
     seed: int
     nll_seed: int
 
@@ -167,7 +180,8 @@ def adapt_class(gens: Sequence[FewShotGenerator], job: ClassJob) -> ClassResult:
     nll = None
     if job.nll_images is not None:
         with phase("nll"):
-            nll = adapted.nll(job.nll_images, job.nll_samples, torch.Generator().manual_seed(job.nll_seed))
+            nll = adapted.nll(job.nll_images, job.nll_samples, torch.Generator().manual_seed(job.nll_seed),
+                              job.nll_proposal_scales)
     after = torch_gen.get_state()
     with phase("sample"):
         samples = {(mode, t): adapted.sample(job.samples, mode, torch.Generator().set_state(after), t)
@@ -236,7 +250,8 @@ def run_generators(
     jobs = [
         ClassJob(g, torch.from_numpy(split.images[ep.supports[c]]),
                  torch.from_numpy(split.images[ep.heldout[c][: ev.nll_max_images]]) if score_nll else None,
-                 ev.samples_per_class, variants[g], ev.nll_samples, class_seed(seed, c), nll_seed(seed, c))
+                 ev.samples_per_class, variants[g], ev.nll_samples, tuple(ev.nll_proposal_scales),
+                 class_seed(seed, c), nll_seed(seed, c))
         for g in range(len(gens)) for seed, ep in zip(seeds, episodes, strict=True) for c in range(n_classes)
     ]
     with phase("adapt and sample"):

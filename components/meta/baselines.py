@@ -35,8 +35,10 @@ class Adapted(Protocol):
 
     def sample(self, n: int, mode: str, generator: torch.Generator, temperature: float) -> Tensor: ...
 
-    def nll(self, x: Tensor, samples: int, generator: torch.Generator) -> float | None:
-        """Mean -log p(x) in nats per image (IWAE), or None for a generator without a density."""
+    def nll(self, x: Tensor, samples: int, generator: torch.Generator,
+            proposal_scales: tuple[float, ...] = (1.0,)) -> float | None:
+        """Mean -log p(x) in nats per image (IWAE with ``samples`` from the posterior widened by
+        ``proposal_scales``), or None for a generator without a density."""
 
 
 class FewShotGenerator(Protocol):
@@ -72,8 +74,9 @@ class AdaptedVAE:
     def sample(self, n: int, mode: str, generator: torch.Generator, temperature: float) -> Tensor:
         return sample(self.model, self.params, n, generator, mode, self.support, temperature)
 
-    def nll(self, x: Tensor, samples: int, generator: torch.Generator) -> float | None:
-        return float(iwae_nll(self.model, self.params, x, samples, generator).mean())
+    def nll(self, x: Tensor, samples: int, generator: torch.Generator,
+            proposal_scales: tuple[float, ...] = (1.0,)) -> float | None:
+        return float(iwae_nll(self.model, self.params, x, samples, generator, proposal_scales).mean())
 
 
 @dataclass
@@ -84,7 +87,8 @@ class ReplayedSupport:
         k = len(self.support)
         return self.support.repeat((n + k - 1) // k, 1, 1, 1)[:n]
 
-    def nll(self, x: Tensor, samples: int, generator: torch.Generator) -> float | None:
+    def nll(self, x: Tensor, samples: int, generator: torch.Generator,
+            proposal_scales: tuple[float, ...] = (1.0,)) -> float | None:
         return None
 
 

@@ -112,3 +112,9 @@ def test_finetune_lrs_need_a_positive_rate_and_no_negative_one(lrs: str) -> None
     """`scratch` starts from a fresh network: with lr 0 alone it would be an untrained one."""
     with pytest.raises(ParamsError, match=r"eval\.finetune_lrs"):
         make_params(f"eval.finetune_lrs={lrs}")
+
+
+@pytest.mark.parametrize("scales", ["[]", "[0.0, 1.0]", "[1.0, 1.0]"])
+def test_iwae_proposal_scales_must_be_distinct_and_positive(scales: str) -> None:
+    with pytest.raises(ParamsError, match=r"eval\.nll_proposal_scales"):
+        make_params(f"eval.nll_proposal_scales={scales}")

@@ -237,7 +237,7 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
     episode = draw_episode(test, params.meta.k_shot, seed=11)
     support = torch.from_numpy(test.images[episode.supports[0]])
     seed = class_seed(11, 0)  # what the protocol seeds class 0 of the repeat seeded 11 with
-    job = ClassJob(0, support, None, 6, (("prior", 0.7), ("support", 0.7)), 1, seed, 0)
+    job = ClassJob(0, support, None, 6, (("prior", 0.7), ("support", 0.7)), 1, (1.0,), seed, 0)
     evaluated = adapt_class([MetaGenerator(learner, rule)], job).samples
 
     monkeypatch.chdir(tmp_path)
