@@ -10,10 +10,11 @@ from prefect import flow, task
 from components.data.dvc_ops import dvc_repro
 from components.evaluation.evaluate import evaluate as run_protocol
 from components.meta.adaptation import AdaptationRule
-from components.evaluation.evaluate import baseline_scores
+from components.evaluation.evaluate import baseline_scores, reference_pretrain
 from components.meta.trainer import load_learner
 from components.params import Params
 from components.registry import load_registered_learner
+from components.threads import torch_threads
 from components.timing import phase
 from components.tracking import log_evaluation, mlflow_step, tracked_run
 from components.training import eval_mapper
@@ -21,9 +22,11 @@ from pipelines.common import finish_timings, resolve, retry_unless_user_error, r
 
 
 @task(name="feature-extractor")
-def feature_extractor(root: str) -> None:
-    """The dvc.yaml `features` stage (DVC skips it when its inputs are unchanged)."""
-    dvc_repro(Path(root), "features")
+def feature_extractor(root: str, threads: int | None = None) -> None:
+    """The dvc.yaml `features` stage (DVC skips it when its inputs are unchanged); ``threads``:
+    the stage's torch threads."""
+    with phase("feature extractor (dvc repro features)"):
+        dvc_repro(Path(root), "features", threads)
 
 
 @task(name="few-shot-evaluation")
@@ -40,15 +43,20 @@ def run_evaluation(root: str, params: Params, checkpoint: str | None, model_uri:
             "markdown": out.markdown_path.read_text()}
 
 
+@task(name="pretrain-baseline")
+def pretrain_baseline(root: str, params: Params, threads: int) -> None:
+    """The `pretrain` baseline trained and cached (it needs neither the extractor nor the model)."""
+    base = Path(root)
+    with phase("pretrain baseline (alongside training)"), torch_threads(threads):
+        reference_pretrain(params, base / params.data.prepared_dir, base / params.train.checkpoint_dir)
+
+
 @task(name="reference-scores")
-def reference_scores(root: str, params: Params) -> None:
+def reference_scores(root: str, params: Params, threads: int) -> None:
     """The baselines and the replay reference scored and cached (they do not depend on the
     meta-model: `retrain` runs this while it trains)."""
     base = Path(root)
-    with phase("reference scores (alongside training)"):
-        if params.eval.extractor == "domain":
-            with phase("feature extractor (dvc repro features)"):
-                dvc_repro(base, "features")
+    with phase("reference scores (alongside training)"), torch_threads(threads):
         baseline_scores(params, base / params.data.prepared_dir, base / params.eval.features_dir,
                         base / params.train.checkpoint_dir, eval_mapper(params))
 
@@ -71,8 +79,7 @@ def evaluate(root: str = ".", params_path: str = "params.yaml", overrides: list[
     checkpoint = checkpoint or (None if model_uri else str(base / params.train.checkpoint_dir))
     with tracked_run(params, base, "evaluate", run_id, extra_tags={"eval.model": model_uri or str(checkpoint)}) as run_id:
         if params.eval.extractor == "domain":
-            with phase("feature extractor (dvc repro features)"):
-                feature_extractor(str(base))
+            feature_extractor(str(base))
         with phase("few-shot evaluation"):
             result = run_evaluation(str(base), params, checkpoint, model_uri)
         with phase("mlflow logging", "overhead"):

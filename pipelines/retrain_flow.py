@@ -9,10 +9,11 @@ from prefect.runtime import flow_run
 
 from components.params import Params, with_updates
 from components.evaluation.report import run_summary
+from components.threads import threads_beside_training
 from components.timing import phase
 from components.tracking import describe_run, lineage_tags, run_url, tracked_run, tracking_uri, version_url
 from pipelines.common import finish_timings, publish_artifacts, rename_flow_run, resolve, run_name, start_timings
-from pipelines.evaluate_flow import evaluate, reference_scores
+from pipelines.evaluate_flow import evaluate, feature_extractor, pretrain_baseline, reference_scores
 from pipelines.ingest_flow import ingest
 from pipelines.promote_flow import promote
 from pipelines.train_flow import train
@@ -35,11 +36,18 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
             with phase("tune"):
                 best = tune(root, run_id=run_id, params=params)
             trained_with = with_updates(params, best["best_config"])
-        references = reference_scores.submit(root, trained_with)  # they do not need the model: score them meanwhile
+        # the references do not need the model: the extractor and `pretrain` train side by side
+        # meanwhile, then the baselines are scored, each on the cores the training leaves
+        beside = threads_beside_training(trained_with, local, streams=2)
+        features = [feature_extractor.submit(root, beside)] if trained_with.eval.extractor == "domain" else []
+        pretrained = pretrain_baseline.submit(root, trained_with, beside)
+        references = reference_scores.submit(root, trained_with, threads_beside_training(trained_with, local, streams=1),
+                                             wait_for=[*features, pretrained])
         with phase("train"):
             trained = train(root, local=local, run_id=run_id, params=trained_with)
         with phase("wait for the reference scores"):
-            references.result()
+            for future in (*features, pretrained, references):  # an upstream failure raises its own error
+                future.result()
         with phase("evaluate"):
             evaluated = evaluate(root, checkpoint=trained["checkpoint"], run_id=run_id, params=trained_with)
         with phase("register and gate"):

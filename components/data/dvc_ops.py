@@ -15,9 +15,14 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _env_for_stages(root: Path) -> Iterator[None]:
+def _env_for_stages(root: Path, threads: int | None = None) -> Iterator[None]:
     """Run DVC from the repository root (it resolves targets against the working directory), with
-    this interpreter's console scripts (``metagen prepare``) on PATH."""
+    this interpreter's console scripts (``metagen prepare``) on PATH; ``threads``: the stages'
+    commands run that many OpenMP/MKL threads (torch's intra-op threads)."""
+    thread_vars = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    old_threads = {k: os.environ.get(k) for k in thread_vars}
+    if threads is not None:
+        os.environ.update(dict.fromkeys(thread_vars, str(threads)))
     old_cwd = os.getcwd()
     os.chdir(root)
     old_path = os.environ.get("PATH", "")
@@ -31,6 +36,11 @@ def _env_for_stages(root: Path) -> Iterator[None]:
         yield
     finally:
         os.environ["PATH"] = old_path
+        for key, value in old_threads.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         dvc_logger.setLevel(old_level)
         os.chdir(old_cwd)
 
@@ -53,10 +63,11 @@ def dvc_add(root: Path, target: str) -> None:
             repo.close()
 
 
-def dvc_repro(root: Path, stage: str) -> None:
+def dvc_repro(root: Path, stage: str, threads: int | None = None) -> None:
+    """``dvc repro stage`` (``threads``: torch threads of the stage's command)."""
     from dvc.exceptions import ReproductionError
 
-    with _env_for_stages(root):
+    with _env_for_stages(root, threads):
         repo = _repo(root)
         try:
             repo.reproduce(targets=[stage])

@@ -102,6 +102,19 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
     return model
 
 
+def baseline_vae_config(params: Params, train: Split) -> VAEConfig:
+    """The baselines' VAE: the meta-model's architecture without the class context, trained on the ELBO."""
+    return replace(vae_config(params, train), context_dim=0, kl_weight=1.0)
+
+
+def reference_pretrain(params: Params, prepared_dir: Path, cache_dir: Path) -> ConvVAE:
+    """The ``pretrain`` baseline the references start from, trained once and cached (it needs
+    neither the extractor nor the meta-model: `metagen run` trains it beside both)."""
+    train = load_split(prepared_dir, "train")
+    return pretrained_baseline(params, baseline_vae_config(params, train), train, cache_dir,
+                               read_manifest(prepared_dir)["splits"]["train"]["sha256"])
+
+
 def choice_classes(val: Split, ev: EvalParams) -> Split:
     """The seeded meta-val classes on which every model's settings (lr, temperature) are chosen."""
     return select_classes(val, ev.lr_choice_classes, ev.seed + 1)
@@ -219,13 +232,13 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
     manifest = read_manifest(prepared_dir)
     protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
     extractor, _ = load_extractor(params, features_dir)
-    plain = replace(vae_config(params, train), context_dim=0, kl_weight=1.0)  # the baselines: the plain VAE, the ELBO
+    plain = baseline_vae_config(params, train)
     path = cache_dir / f"baselines-{baselines_key(params, manifest, protocol, extractor.digest, plain)}.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         return Scores(cached["rows"], cached["samples"], cached["selection"])
     with phase("pretrain baseline"):
-        pre_model = pretrained_baseline(params, plain, train, cache_dir, manifest["splits"]["train"]["sha256"])
+        pre_model = reference_pretrain(params, prepared_dir, cache_dir)
     gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.finetune_steps),
             FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
     choice_path = cache_dir / f"baselines-choice-{baselines_key(params, manifest, protocol, extractor.digest, plain, choice=True)}.json"
