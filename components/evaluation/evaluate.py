@@ -199,7 +199,8 @@ def score(
     return Scores(rows + references.rows, {meta.name: samples, **references.samples}, references.selection)
 
 
-BASELINES_CACHE_VERSION = 4  # bump when what score_baselines computes changes (4: the least-copying fallback of 009ef48)
+BASELINES_CACHE_VERSION = 5  # bump when what score_baselines computes changes (5: PRDC on balanced sets)
+CHOICE_CACHE_VERSION = 4  # ... and this when their settings choice changes (4: the least-copying fallback of 009ef48)
 
 
 def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, extractor_digest: str,
@@ -210,7 +211,7 @@ def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, 
     repeats rescores them without choosing again)."""
     ev, splits = params.eval, manifest["splits"]
     blob = {
-        "version": BASELINES_CACHE_VERSION, "data": {k: splits[k]["sha256"] for k in ("train", "val", "test")},
+        "version": CHOICE_CACHE_VERSION if choice else BASELINES_CACHE_VERSION, "data": {k: splits[k]["sha256"] for k in ("train", "val", "test")},
         "protocol": protocol.choice_digest if choice else protocol.digest, "choice": choice,
         "extractor": extractor_digest, "vae": cfg.__dict__,
         "baselines": {k: getattr(ev, k) for k in ("finetune_lrs", "lr_choice_classes", "finetune_steps",

@@ -29,7 +29,7 @@ from components.data.prepare import Split
 from components.errors import MetagenError
 from components.evaluation.extractors import FeatureExtractor, accuracy, train_classifier
 from components.evaluation.frechet import Statistics, cached_statistics, frechet_distance, kid, statistics
-from components.evaluation.memorisation import copy_rate, prdc
+from components.evaluation.memorisation import balanced_prdc, copy_rate
 from components.evaluation.parallel import LocalMapper, Mapper
 from components.meta.baselines import MODES, FewShotGenerator, FinetuneGenerator
 from components.params import EvalParams
@@ -114,8 +114,10 @@ def score_samples(
     s_real = real_stats if real_stats is not None else statistics(real, "real features")
     out = {"fid": frechet_distance(s_fake.mu, s_fake.sigma, s_real.mu, s_real.sigma)}
     out["kid"], _ = kid(fake_feats, real, protocol.eval.kid_subsets, protocol.eval.kid_subset_size, seed)
-    out.update(prdc(real, fake_feats, protocol.eval.prdc_k))
     bounds = np.cumsum([0] + [len(g) for g in generated])
+    out.update(balanced_prdc([real_feats[h] for h in episode.heldout],
+                             [fake_feats[bounds[c] : bounds[c + 1]] for c in range(len(generated))],
+                             protocol.eval.prdc_k))
     out["copy_rate"] = copy_rate(
         [fake_feats[bounds[c] : bounds[c + 1]] for c in range(len(generated))],
         [real_feats[s] for s in episode.supports], [real_feats[h] for h in episode.heldout],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.evaluation.memorisation import copy_rate, prdc
+from components.evaluation.memorisation import balanced_prdc, copy_rate, prdc
 from components.models.vae import VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict
 
 
@@ -21,6 +21,33 @@ def test_prdc_of_a_set_against_itself_and_a_far_away_set() -> None:
     assert same["coverage"] == pytest.approx(1.0)
     far = prdc(real, _cloud(200, 1, offset=100.0), k=5)
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_balanced_prdc_does_not_depend_on_how_many_samples_are_drawn() -> None:
+    """A generator that samples near its class's 5 supports, scored against 15 held-out images per
+    class (Omniglot's shape): PRDC on unequal sets reads its recall as 0.92 with 15 samples per class
+    and about 0 with 64 or 256 (the generated set's k-NN radii shrink to its clusters); on equal sets
+    the recall stays put, and equal sets are scored as they are."""
+    def near_supports(n: int, c: int) -> np.ndarray:
+        rng = np.random.default_rng(900 + 7 * c + n)
+        supports = _cloud(5, 500 + c, offset=6.0 * c)
+        return supports[rng.integers(0, 5, n)] + 0.3 * rng.normal(size=(n, 8))
+
+    real = [_cloud(15, 100 + c, offset=6.0 * c) for c in range(4)]
+    raw, balanced = {}, {}
+    for n in (15, 64, 256):
+        fake = [near_supports(n, c) for c in range(4)]
+        raw[n] = prdc(np.concatenate(real), np.concatenate(fake), k=5)["recall"]
+        balanced[n] = balanced_prdc(real, fake, k=5)
+        if n == 15:
+            assert balanced[n] == prdc(np.concatenate(real), np.concatenate(fake), k=5)
+    assert raw[15] > 0.85 and raw[64] < 0.1 and raw[256] < 0.1
+    assert all(abs(balanced[n]["recall"] - balanced[15]["recall"]) < 0.06 for n in (64, 256)), balanced
+    few = near_supports(6, 0)  # fewer generated than real images: the reals are cut, 15 // 6 = 2 groups
+    groups = [prdc(real[0][i * 6 : (i + 1) * 6], few, k=2) for i in range(2)]
+    assert balanced_prdc(real[:1], [few], k=2) == {m: pytest.approx(np.mean([g[m] for g in groups])) for m in groups[0]}
+    with pytest.raises(ValueError, match="every class"):
+        balanced_prdc([real[0], real[1][:0]], [real[0], real[1]], k=2)
 
 
 def test_replaying_the_supports_copies_always_real_images_at_the_percentile() -> None:
