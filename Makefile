@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python benchmarks/meta_step.py
 	$(BIN)/python benchmarks/fid.py
 	$(BIN)/python benchmarks/ray_train.py
+	$(BIN)/python benchmarks/threads.py
 
 clean:
 	rm -rf $(VENV) data prepared features checkpoints reports ray_results mlruns mlartifacts mlflow.db .dvc-store

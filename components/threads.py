@@ -3,7 +3,7 @@
 On a small CPU machine, processes whose torch thread counts add up to more than its cores slow
 each other down far beyond their share: OpenMP teams wait for threads that are descheduled. On 2
 cores, a 1-thread VAE training step beside a 2-thread one took 124 ms instead of 83, the 2-thread
-one 164 ms instead of 59; beside another 1-thread one, 88 and 96 ms (README "Speed"). So the work
+one 164 ms instead of 59; beside another 1-thread one, 88 and 96 ms (README "Benchmarks"). So the work
 that `metagen run` does while the model trains takes the cores the training leaves, split evenly.
 """
 

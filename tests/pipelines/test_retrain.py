@@ -31,6 +31,9 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
     d1 = first["decision"]
     assert d1["decision"] == "promoted" and d1["champion_after"] == d1["version"], d1["reason"]
     assert first["tracking_uri"] == url
+    # the references' three pieces ran beside the training, each timed
+    assert {"train", "feature extractor (dvc repro features)", "pretrain baseline (alongside training)",
+            "reference scores (alongside training)", "wait for the reference scores", "evaluate"} <= set(first["timings"]["phases"])
 
     client = MlflowClient(url)
     mv = client.get_model_version(model, d1["version"])
