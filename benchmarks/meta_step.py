@@ -1,8 +1,10 @@
 """Meta-step throughput: the batched / vmap / per-task loop implementations, and `higher`.
 
-Two settings, same tasks and thread count within each:
+Three settings, same tasks and thread count within each:
 * ``default``: params.yaml as it is (the set-conditioned VAE adapting its context, CAVIA): the
   batched path against the per-task loop (learn2learn's and higher's recipe) and vmap;
+* ``omniglot``: configs/omniglot.yaml (the same, with the decoder's attention over the supports and
+  2 inner steps): the model the Omniglot results come from;
 * ``whole_network``: the plain VAE adapting every weight (inner lr 0.1), where `higher` (if
   installed) is the anchor a user would pick instead.
 Each configuration runs in its own process so that its peak memory is its own (RSS on the CPU,
@@ -30,11 +32,14 @@ sys.path.insert(0, str(ROOT))
 SETTINGS = {
     "default": {"maml": ["batched", "vmap", "loop"], "fomaml": ["batched", "vmap", "loop"],
                 "metasgd": ["batched", "vmap", "loop"]},
+    "omniglot": {"maml": ["batched", "vmap", "loop"], "fomaml": ["batched", "vmap", "loop"],
+                 "metasgd": ["batched", "vmap", "loop"]},
     "whole_network": {"maml": ["vmap", "loop", "higher"], "fomaml": ["vmap", "loop", "higher"],
                       "reptile": ["vmap", "loop"], "metasgd": ["vmap", "loop"]},
 }
 # the whole-network VAE: `higher`'s recipe (the anchor) has no notion of a set encoder's context
 WHOLE_NETWORK = ["model.context_dim=0", "meta.adapt_scope=all", "meta.inner_lr=0.1"]
+PARAMS_FILE = {"omniglot": ROOT / "configs" / "omniglot.yaml"}
 
 
 def _setup(setting: str, algo: str, batch: int, device: str):  # noqa: ANN202
@@ -46,7 +51,7 @@ def _setup(setting: str, algo: str, batch: int, device: str):  # noqa: ANN202
     from components.params import load_params
 
     extra = WHOLE_NETWORK if setting == "whole_network" else []
-    params = load_params(ROOT / "params.yaml", [f"meta.algorithm={algo}", f"meta.meta_batch_size={batch}", *extra])
+    params = load_params(PARAMS_FILE.get(setting, ROOT / "params.yaml"), [f"meta.algorithm={algo}", f"meta.meta_batch_size={batch}", *extra])
     cfg = VAEConfig.from_params(params.model, 1, 28)
     model = build_vae(cfg, 0).to(device)
     meta = param_dict(model)
