@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/fid.py
 	$(BIN)/python benchmarks/ray_train.py
 	$(BIN)/python benchmarks/threads.py
+	$(BIN)/python benchmarks/eval_kernels.py
 
 clean:
 	rm -rf $(VENV) data prepared features checkpoints reports ray_results mlruns mlartifacts mlflow.db .dvc-store

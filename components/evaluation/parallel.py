@@ -38,8 +38,9 @@ def _run_chunk(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any],
 
 
 class RayMapper:
-    """Items in chunks (about ``chunks_per_cpu`` per CPU of the cluster) as Ray tasks of
-    ``cpus_per_task`` CPUs; ``shared`` (models, data) goes to the object store once."""
+    """Items in chunks (about ``chunks_per_cpu`` per CPU of the cluster; chunk i holds every n-th
+    item from the i-th) as Ray tasks of ``cpus_per_task`` CPUs; ``shared`` (models, data) goes to the
+    object store once. The results come back in the items' order."""
 
     name = "ray"
 
@@ -53,12 +54,16 @@ class RayMapper:
             return []
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         n_chunks = min(len(items), max(1, int(cpus / self.cpus_per_task) * self.chunks_per_cpu))
-        bounds = [round(i * len(items) / n_chunks) for i in range(n_chunks + 1)]
         remote = ray.remote(num_cpus=self.cpus_per_task, max_retries=2)(_run_chunk)
         ref = ray.put(shared)
         threads = max(1, int(self.cpus_per_task))
-        futures = [remote.remote(fn, ref, items[bounds[i] : bounds[i + 1]], threads) for i in range(n_chunks)]
-        return [result for chunk in ray.get(futures) for result in chunk]
+        # strided, not contiguous: items come grouped by generator, whose costs differ (a `scratch`
+        # class trains 200 steps, a replayed one none), and contiguous chunks left one CPU idle
+        futures = [remote.remote(fn, ref, list(items[i::n_chunks]), threads) for i in range(n_chunks)]
+        out: list[Any] = [None] * len(items)
+        for i, chunk in enumerate(ray.get(futures)):
+            out[i::n_chunks] = chunk
+        return out
 
 
 def mapper_for(distributed: bool, connect: Callable[[], None]) -> Mapper:

@@ -44,6 +44,10 @@ def test_one_worker_on_each_node(two_node_cluster: object, tmp_path: Path, digit
     assert load_learner(result.checkpoint).state.step == 4
 
 
+def _plus(shared: int, item: int) -> int:
+    return shared + item
+
+
 def _node_of(_shared: object, _item: int) -> str:
     import time
 
@@ -70,6 +74,7 @@ def test_evaluation_spread_over_both_nodes_equals_in_process(two_node_cluster: o
     from components.models.vae import ConvVAE
 
     assert len(set(RayMapper().map(_node_of, None, list(range(8))))) == 2  # both nodes take chunks
+    assert RayMapper().map(_plus, 100, list(range(11))) == list(range(100, 111))  # 4 strided chunks, in order
 
     params = make_params("model.width=8", "eval.samples_per_class=12", "eval.kid_subsets=3", "eval.kid_subset_size=16",
                          "eval.augment_steps=5", "eval.feature_steps=20", "eval.adapt_steps=2",

@@ -69,3 +69,20 @@ def test_a_widened_mixture_proposal_tightens_the_bound_of_an_overconfident_poste
     assert float(alone.mean()) > 0.5
     assert float(mixture.mean()) < 0.5 * float(alone.mean())
     assert float(mixture_1000.min()) > -0.05  # an upper bound on the NLL, up to Monte Carlo noise
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_the_channels_last_nll_is_the_contiguous_one(attention: bool) -> None:
+    """The protocol's IWAE runs in the channels-last layout (faster on a CPU): the same estimate as
+    PyTorch's default layout, for a plain VAE and for one whose decoder attends over its supports."""
+    from components.models.vae import with_context
+
+    model = build_vae(VAEConfig(1, 28, 4, 8, "bernoulli", 4, 6, support_attention=attention), seed=0).double()
+    g = torch.Generator().manual_seed(3)
+    support, x = (torch.rand(n, 1, 28, 28, generator=g, dtype=torch.float64).round() for n in (5, 7))
+    params = with_context(model, param_dict(model), support)
+    kw = {"samples": 40, "proposal_scales": (1.0, 2.0), "chunk": 100}  # 2 images a chunk: several chunks
+    cl = iwae_nll(model, params, x, generator=torch.Generator().manual_seed(4), layout="channels_last", **kw)
+    nchw = iwae_nll(model, params, x, generator=torch.Generator().manual_seed(4), layout="contiguous", **kw)
+    assert cl.shape == (7,) and torch.isfinite(cl).all()
+    torch.testing.assert_close(cl, nchw, rtol=1e-10, atol=1e-9)

@@ -275,3 +275,19 @@ def test_the_rule_fine_tunes_after_its_context_steps_only_when_asked() -> None:
     assert all(torch.equal(tuned[k], quiet[k]) for k in tuned)
     eps = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     assert float(per_pixel_loss(model, tuned, support, eps)) < float(per_pixel_loss(model, plain, support, eps))
+
+
+def test_fused_adam_fine_tuning_is_the_per_tensor_loop() -> None:
+    """Fine-tuning runs Adam's fused kernel: the same weights as torch's per-tensor loop, up to
+    float rounding, after 30 steps on a context and every weight."""
+    from components.meta.adaptation import finetune
+
+    model, params = _model(attention=True)
+    support = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(5), dtype=torch.float64).round()
+    start = with_context(model, params, support)
+    fused = finetune(model, start, support, 30, 1e-3, torch.Generator().manual_seed(6), fused=True)
+    loop = finetune(model, start, support, 30, 1e-3, torch.Generator().manual_seed(6), fused=False)
+    assert not torch.equal(fused["decoder.0.weight"], start["decoder.0.weight"])
+    assert torch.equal(fused[MEMORY], start[MEMORY])  # data, never tuned
+    for k in loop:
+        torch.testing.assert_close(fused[k], loop[k], rtol=1e-9, atol=1e-10)
