@@ -147,26 +147,6 @@ def init_ray(params: Params) -> None:
             _init_ray_in_keeper_thread(params)
 
 
-def start_ray_early(params: Params) -> threading.Thread:
-    """Begin :func:`init_ray` in the background, so that Ray starts while the caller does other
-    start-up work (Prefect's server, ingest): the steps that need Ray later call ``init_ray`` and
-    wait on its lock until it is up. An error here is left to those calls, which raise their own."""
-    from components.timing import TIMINGS
-
-    def start() -> None:
-        began = time.perf_counter()
-        try:
-            init_ray(params)
-        except Exception as err:  # noqa: BLE001 - the steps that need Ray retry and raise it
-            log.debug("early Ray start failed, left to the steps that need Ray: %s", err)
-            return
-        TIMINGS.add("ray start-up (in the background)", time.perf_counter() - began, "overhead")
-
-    thread = threading.Thread(target=start, name="ray-early-start", daemon=True)
-    thread.start()
-    return thread
-
-
 def _init_ray_in_keeper_thread(params: Params) -> None:
     """``ray.init`` from a thread that lives as long as the process. A local Ray's processes are
     started with PR_SET_PDEATHSIG, which Linux fires when the *thread* that started them exits: a

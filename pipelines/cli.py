@@ -12,16 +12,13 @@ import time
 _STARTED = time.perf_counter()  # the CLI's first import: its own start-up is counted from here
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from components.errors import MetagenError
-
-if TYPE_CHECKING:
-    from components.params import Params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="metagen: meta-learned few-shot image generators")
 console = Console(stderr=False)
@@ -137,8 +134,6 @@ def train(
     params = _preflight(project_dir, params_path, set_)
     from pipelines.train_flow import train as train_flow
 
-    _start_ray_early(params)
-
     out = train_flow(str(project_dir), params=params)
     console.print(f"checkpoint: {out['checkpoint']} (step {out['step']}, val -ELBO {out['final_val_loss']}); "
                   f"MLflow run {out['run_id']}")
@@ -153,8 +148,6 @@ def tune(
     """Ray Tune over tune.search_space with ASHA; prints the best config and writes the results table."""
     params = _preflight(project_dir, params_path, set_)
     from pipelines.tune_flow import tune as tune_flow
-
-    _start_ray_early(params)
 
     out = tune_flow(str(project_dir), params=params)
     console.print("train with: metagen train " + " ".join(f"--set {k}={v}" for k, v in out["best_config"].items()))
@@ -176,8 +169,6 @@ def evaluate(
         params = _preflight(project_dir, params_path, set_)
     with TIMINGS.phase("imports", "overhead"):
         from pipelines.evaluate_flow import evaluate as evaluate_flow
-    if params.eval.distributed:
-        _start_ray_early(params)
     TIMINGS.mark("flow call")
     out = evaluate_flow(str(project_dir), checkpoint=str(checkpoint) if checkpoint else None, model_uri=model,
                         params=params)
@@ -216,8 +207,6 @@ def run(
         params = _preflight(project_dir, params_path, set_)
     with TIMINGS.phase("imports", "overhead"):
         from pipelines.retrain_flow import retrain
-    if not local or params.eval.distributed:
-        _start_ray_early(params)
     start = time.perf_counter()
     TIMINGS.mark("flow call")
     out = retrain(str(project_dir), str(params_path), list(set_ or []), local=local, params=params)
@@ -241,14 +230,6 @@ def run(
     console.print("Prefect UI: prefect server start --host 127.0.0.1 --port 4200 (flow run "
                   f"{out['flow_run_name']}: its artifacts hold this table and the links)")
     _print_timings(out["timings"], out["timings_path"])
-
-
-def _start_ray_early(params: Params) -> None:
-    """Ray starts (or connects) in the background while Prefect's server starts and the first steps
-    run; the steps that need it wait for it."""
-    from components.training import start_ray_early
-
-    start_ray_early(params)
 
 
 def _print_timings(summary: dict, path: str) -> None:

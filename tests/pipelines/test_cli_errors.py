@@ -64,50 +64,15 @@ def test_unreachable_mlflow_server() -> None:
 @pytest.mark.slow
 def test_unreachable_ray_cluster(tmp_path: Path) -> None:
     from components.errors import MetagenError
-    from components.training import init_ray, start_ray_early
+    from components.training import init_ray
     from tests.conftest import make_params
 
     import ray
 
     ray.shutdown()
     address = f"127.0.0.1:{free_port()}"
-    params = make_params(f"train.ray_address={address}")
-    early = start_ray_early(params)  # what the CLI does before its flow: the failure is left to the step
-    early.join(120)
-    assert not early.is_alive() and not ray.is_initialized()
     with pytest.raises(MetagenError, match=f"cannot reach the Ray cluster at '{address}'"):
-        init_ray(params)
-
-
-@pytest.mark.slow
-def test_a_ray_started_early_is_the_one_the_steps_join() -> None:
-    """The CLI starts a local Ray in the background while Prefect's server starts; a step that needs
-    Ray (here on the main thread) waits for that start instead of starting its own."""
-    import time
-
-    import ray
-
-    from components.timing import TIMINGS
-    from components.training import _RAY_INIT, init_ray, start_ray_early
-    from tests.conftest import make_params
-
-    ray.shutdown()
-    params = make_params()
-    before = len(TIMINGS.records)
-    early = start_ray_early(params)
-    deadline = time.monotonic() + 10
-    while not _RAY_INIT.locked() and early.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.001)  # the background start holds the lock first
-    try:
-        init_ray(params)
-        assert ray.is_initialized()
-        early.join(120)
-        assert not early.is_alive()
-        started = [r for r in TIMINGS.records[before:] if r.name == "ray start-up (in the background)"]
-        assert len(started) == 1 and started[0].seconds > 0.5 and started[0].kind == "overhead"
-        assert ray.cluster_resources().get("CPU", 0) >= 1
-    finally:
-        ray.shutdown()
+        init_ray(make_params(f"train.ray_address={address}"))
 
 
 def test_dead_ray_address_is_refused_before_anything_starts(tmp_path: Path) -> None:
