@@ -64,7 +64,8 @@ class Protocol:
 SCORING_FIELDS = {"seed", "repeats", "samples_per_class", "temperatures", "kid_subsets", "kid_subset_size",
                   "augment_steps", "max_classes", "nll_samples", "nll_proposal_scales", "nll_max_images", "prdc_k",
                   "copy_percentile"}
-NOT_IN_CHOICE = {"repeats", "augment_steps", "nll_samples", "nll_proposal_scales", "nll_max_images"}
+# the choice reads meta-val classes only: the meta-test subset (max_classes) is not among its inputs
+NOT_IN_CHOICE = {"repeats", "augment_steps", "nll_samples", "nll_proposal_scales", "nll_max_images", "max_classes"}
 
 
 def select_classes(split: Split, max_classes: int | None, seed: int) -> Split:

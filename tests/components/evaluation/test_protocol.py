@@ -179,8 +179,9 @@ def test_a_temperature_must_be_positive() -> None:
 def test_the_baselines_settings_choice_is_cached_apart_from_what_it_does_not_read(
         tmp_path: Path, digits_prepared: Path) -> None:
     """The choice (one seed, FID and copy rate on meta-val) is the references' costly part: a new
-    NLL estimator or another number of repeats rescores them with the choice already made; an
-    unreadable choice is made again."""
+    NLL estimator, another number of repeats or a subset of the meta-test classes
+    (``eval.max_classes``) rescores them with the choice already made; an unreadable choice is made
+    again."""
     from components.evaluation.evaluate import _cached_choice, baseline_scores
 
     params = make_params(*TINY)
@@ -193,7 +194,7 @@ def test_the_baselines_settings_choice_is_cached_apart_from_what_it_does_not_rea
     other_lr = next(lr for lr in (0.0, 0.001) if lr != made["pretrain"]["lr"])
     choice.write_text(json.dumps({**made, "pretrain": {**made["pretrain"], "lr": other_lr}}))  # as if chosen so
     again = baseline_scores(make_params(*TINY, "eval.nll_samples=6", "eval.nll_proposal_scales=[1.0]",
-                                        "eval.repeats=1"), digits_prepared, tmp_path / "features", cache)
+                                        "eval.repeats=1", "eval.max_classes=1"), digits_prepared, tmp_path / "features", cache)
     assert list(cache.glob("baselines-choice-*.json")) == [choice]
     assert {r["adapt_lr"] for r in again.rows if r["model"] == "pretrain"} == {other_lr}
     assert {r["adapt_lr"] for r in first.rows if r["model"] == "pretrain"} == {made["pretrain"]["lr"]}
