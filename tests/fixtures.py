@@ -45,6 +45,37 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+_SHARED_RAY: list[str] = []  # the address of the session's ray_cluster while it runs
+
+
+def shared_ray_address() -> str | None:
+    """The session's 2-node Ray cluster's address, if it has been started (``ray_cluster``)."""
+    return _SHARED_RAY[0] if _SHARED_RAY else None
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """One real 2-node Ray cluster for the session (``ray.cluster_utils.Cluster``: a head and a
+    second node, their own raylets, one CPU each: the 2 CPUs a local Ray has here), this process
+    connected to it. The multi-node, Ray Train and Ray Tune tests share it, and the in-process flows
+    that run after them find Ray connected (``init_ray`` reuses it) instead of starting their own:
+    each start of a Ray costs 6-9 s of the suite. Train's controller polls its workers every 0.5 s
+    (the killed-worker test), set before the nodes start so that their processes inherit it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    _SHARED_RAY.append(cluster.address)
+    yield cluster
+    _SHARED_RAY.clear()
+    ray.shutdown()
+    cluster.shutdown()
+
+
 def _point_mlflow_at(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -1,8 +1,7 @@
-"""A real 2-node Ray cluster on this machine (ray.cluster_utils.Cluster): one worker per node."""
+"""A real 2-node Ray cluster on this machine (the session's ``ray_cluster``): one worker per node."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,7 @@ from tests.conftest import make_params
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def two_node_cluster() -> Iterator[object]:
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-
-
-def test_one_worker_on_each_node(two_node_cluster: object, tmp_path: Path, digits_prepared: Path) -> None:
+def test_one_worker_on_each_node(ray_cluster: object, tmp_path: Path, digits_prepared: Path) -> None:
     import ray
 
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
@@ -57,7 +42,7 @@ def _node_of(_shared: object, _item: int) -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def test_evaluation_spread_over_both_nodes_equals_in_process(two_node_cluster: object, tmp_path: Path,
+def test_evaluation_spread_over_both_nodes_equals_in_process(ray_cluster: object, tmp_path: Path,
                                                              digits_prepared: Path) -> None:
     """Classes and scoring spread over the 2-node cluster give exactly what one process gives."""
     from dataclasses import replace

@@ -1,10 +1,8 @@
-"""Ray Train (real, local 2-CPU Ray): data-parallel equivalence, a killed worker, Ray Tune with ASHA."""
+"""Ray Train on the session's real 2-node Ray (2 CPUs): data-parallel equivalence, a killed worker, Ray Tune with ASHA."""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +16,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 FAST = ["model.width=16", "meta.meta_batch_size=4", "meta.k_query=5", "train.val_tasks=2", "train.num_threads=1"]
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    import ray
-
-    ray.shutdown()
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
-    ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=True)
-    yield
-    ray.shutdown()
-
-
 def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_two_workers_with_a_killed_one_resume_to_the_in_process_run(local_ray: None, tmp_path: Path,
+def test_two_workers_with_a_killed_one_resume_to_the_in_process_run(ray_cluster: object, tmp_path: Path,
                                                                      digits_prepared: Path) -> None:
     """One loop for both paths, and exact resumption: two data-parallel workers, the last one
     killed at step 10 and the group restarted from the step-8 checkpoint, end with the steps,
@@ -67,7 +54,7 @@ def test_two_workers_with_a_killed_one_resume_to_the_in_process_run(local_ray: N
                      load_checkpoint(local.checkpoint)["learner"]["model"]) <= 1e-5
 
 
-def test_tune_asha_stops_the_absurd_trial(local_ray: None, tmp_path: Path, digits_prepared: Path) -> None:
+def test_tune_asha_stops_the_absurd_trial(ray_cluster: object, tmp_path: Path, digits_prepared: Path) -> None:
     from components.tuning import run_tune
 
     params = make_params(

@@ -51,9 +51,6 @@ def ray_start_cluster(tmp_path: Path) -> Iterator[str]:
     dir of their own, stopped by those marks."""
     import tempfile
 
-    import ray
-
-    ray.shutdown()
     port, dashboard, client = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

@@ -69,10 +69,18 @@ def test_unreachable_ray_cluster(tmp_path: Path) -> None:
 
     import ray
 
+    from tests.fixtures import shared_ray_address
+
+    # init_ray keeps a connected Ray: disconnect, then reconnect to the session's cluster (if any)
+    connected = shared_ray_address() if ray.is_initialized() else None
     ray.shutdown()
     address = f"127.0.0.1:{free_port()}"
-    with pytest.raises(MetagenError, match=f"cannot reach the Ray cluster at '{address}'"):
-        init_ray(make_params(f"train.ray_address={address}"))
+    try:
+        with pytest.raises(MetagenError, match=f"cannot reach the Ray cluster at '{address}'"):
+            init_ray(make_params(f"train.ray_address={address}"))
+    finally:
+        if connected:
+            ray.init(address=connected, log_to_driver=False)
 
 
 def test_dead_ray_address_is_refused_before_anything_starts(tmp_path: Path) -> None:
