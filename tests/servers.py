@@ -75,7 +75,8 @@ def mlflow_server(root: Path, backend_uri: str | None = None, admin_password: st
         ini = root / "basic_auth.ini"
         ini.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                        f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = admin\n"
-                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                       "auth_cache_ttl_seconds = 60\n")  # as infra/mlflow: a PBKDF2 check per request is ~0.5 s here
         cmd += ["--app-name", "basic-auth"]
         env.update({"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
                     "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})

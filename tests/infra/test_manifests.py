@@ -122,6 +122,8 @@ def test_servers_in_infra_are_guarded_with_credentials_from_outside() -> None:
     k8s = (INFRA / "mlflow" / "k8s" / "mlflow.yaml").read_text()
     for text in (compose, k8s):
         assert "--app-name basic-auth" in text and "default_permission = NO_PERMISSIONS" in text
+        # credential checks cached for a minute (MLflow's default: a PBKDF2 check on every request)
+        assert "auth_cache_ttl_seconds = 60" in text
     mlflow_env = yaml.safe_load(compose)["services"]["mlflow"]["environment"]
     assert mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${")
     deployment = next(d for d in yaml.safe_load_all(k8s) if d["kind"] == "Deployment")
