@@ -80,6 +80,12 @@ def test_only_the_pipeline_user_moves_champion(auth_server, monkeypatch: pytest.
         client.set_model_version_tag(NAME, v2, "gate.decision", "promoted")
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == v1
 
+    # the pipeline's user's credentials are cached by now (auth_cache_ttl_seconds): a wrong password
+    # for that user is still refused
+    search = f"{url}/api/2.0/mlflow/registered-models/search"
+    assert requests.get(search, auth=pipeline, timeout=10).status_code == 200
+    assert requests.get(search, auth=(pipeline[0], pipeline[1] + "x"), timeout=10).status_code == 401
+
     # the pipeline's user promotes the better version through the gate
     _as(monkeypatch, url, pipeline)
     assert promote(NAME, v2, _report(5.0), rules, lambda v: 0.0).decision == "promoted"
