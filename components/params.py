@@ -208,6 +208,8 @@ class EvalParams(_Section):
     scratch_steps: int = Field(ge=0)
     augment_steps: int = Field(ge=1)
     pretrain_lr: float = Field(gt=0)
+    bootstrap_samples: int = Field(ge=100)
+    confidence: float = Field(gt=0.5, lt=1)
     reports_dir: str
     distributed: bool = True  # spread classes and scoring over Ray (RAY_ADDRESS or a local Ray); false: in-process
 
@@ -239,6 +241,7 @@ class RegistryParams(_Section):
     fid_threshold: float = Field(gt=0)
     max_copy_rate: float = Field(ge=0, le=1)
     require_beats_baselines: bool
+    min_improvement: float = Field(ge=0, lt=1)
     tracking_uri: str | None
     experiment: str
 

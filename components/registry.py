@@ -1,8 +1,9 @@
 """The MLflow model registry: log the generator, register versions, and the FID promotion gate.
 
-The gate: a version becomes ``champion`` only if its pooled few-shot FID is <= the threshold and
-lower than the champion's FID under the same extractor and protocol digests (a champion measured
-under other digests is re-evaluated first). The champion it replaces keeps the alias
+The gate (:mod:`components.gate`, pure): a version becomes ``champion`` only if its pooled
+few-shot FID is <= the threshold and lower, beyond the noise of a paired bootstrap, than every
+non-copying baseline's and the champion's under the same extractor and protocol digests (a champion
+measured under other digests is re-evaluated first). The champion it replaces keeps the alias
 ``previous``. Aliases are only written by :func:`reconcile`, which sets ``champion`` to the best
 eligible version by the tags *as they are now* and re-reads until that holds, so two promotions
 racing end with the better model as champion.
@@ -27,7 +28,9 @@ from components.evaluation.report import gate_markdown
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.data.prepare import load_split
-from components.evaluation.evaluate import evaluate, meta_row
+from components.evaluation.bootstrap import FidUnits, Moments, compare, load_units
+from components.evaluation.evaluate import UNITS_FILE, evaluate
+from components.gate import Condition, GateRules, champion_condition, intervals_of, meta_row, own_conditions, rows_of
 from components.meta.trainer import Restored, TrainState, load_learner, rebuild_learner
 from components.params import Params
 
@@ -220,93 +223,51 @@ class GateDecision:
     failed: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class GateRules:
-    sampling: str
-    fid_threshold: float
-    max_copy_rate: float
-    require_beats_baselines: bool
-
-    @classmethod
-    def from_params(cls, params: Params) -> GateRules:
-        r = params.registry
-        return cls(params.eval.sampling, r.fid_threshold, r.max_copy_rate, r.require_beats_baselines)
-
-
-def own_conditions(report: dict[str, Any], rules: GateRules) -> list[tuple[str, bool]]:
-    """The version's own conditions, each stated with its numbers: threshold, copy rate, baselines."""
-    meta = next(r for r in report["rows"] if r["model"] == "meta" and r["sampling"] == rules.sampling)
-    fid, copy = float(meta["fid_mean"]), float(meta["copy_rate"])
-    out = [(f"FID {fid:.4f} {'<=' if fid <= rules.fid_threshold else '>'} registry.fid_threshold "
-            f"{rules.fid_threshold:g}", bool(np.isfinite(fid) and fid <= rules.fid_threshold)),
-           (f"copy_rate {copy:.3f} {'<=' if copy <= rules.max_copy_rate else '>'} registry.max_copy_rate "
-            f"{rules.max_copy_rate:g}", copy <= rules.max_copy_rate)]
-    note = "" if rules.require_beats_baselines else " [not required: registry.require_beats_baselines false]"
-    for name in dict.fromkeys(r["model"] for r in report["rows"] if r["model"] != "meta"):
-        rows = [r for r in report["rows"] if r["model"] == name]
-        honest = [r for r in rows if float(r["copy_rate"]) <= rules.max_copy_rate]
-        if not honest:
-            worst = min(float(r["copy_rate"]) for r in rows)
-            out.append((f"{name} excluded: a copier (copy_rate {worst:.3f} > {rules.max_copy_rate:g}){note}", True))
-            continue
-        best = min(honest, key=lambda r: float(r["fid_mean"]))
-        b_fid = float(best["fid_mean"])
-        out.append((f"FID {fid:.4f} {'<' if fid < b_fid else '>='} {name} ({best['sampling']}) {b_fid:.4f}{note}",
-                    fid < b_fid or not rules.require_beats_baselines))
-    return out
-
-
-def _state(conditions: list[tuple[str, bool]]) -> str:
-    return "; ".join(f"{text} ({'pass' if ok else 'FAIL'})" for text, ok in conditions)
-
-
 def promote(
-    name: str, version: str, report: dict[str, Any], rules: GateRules, reevaluate: Callable[[str], float],
+    name: str, version: str, report: dict[str, Any], units: FidUnits, rules: GateRules,
+    champion_units: Callable[[str], FidUnits],
 ) -> GateDecision:
-    """Apply the gate to ``version`` (scored by ``report``); ``reevaluate(version)`` scores another
-    version on this protocol. Champion only if every condition holds; the reason states each."""
+    """Apply the gate (:mod:`components.gate`) to ``version``, scored by ``report`` and ``units``;
+    ``champion_units(v)`` gives the champion's units on this extractor and protocol (read back or
+    re-evaluated), for the paired comparison. MLflow I/O only: tags, description, aliases."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     key = fid_key(report["extractor"]["digest"], report["protocol"]["digest"])
-    fid = float(next(r for r in report["rows"] if r["model"] == "meta" and r["sampling"] == rules.sampling)["fid_mean"])
-    conditions = own_conditions(report, rules)
+    fid = meta_row(rows_of(report), rules.sampling).fid
+    verdict = own_conditions(rows_of(report), intervals_of(report), rules)
     before = _alias_version(client, name, CHAMPION)
-    champion_fid = None
     if before is not None and before != version:
-        tags = client.get_model_version(name, before).tags
-        if key in tags:
-            champion_fid = float(tags[key])
-        else:
-            log.info("champion v%s was measured under other digests: re-evaluating it on this protocol", before)
-            champion_fid = reevaluate(before)
-            _write(client.set_model_version_tag, name, before, key, repr(champion_fid))
+        theirs = champion_units(before)
+        if (theirs.extractor, theirs.protocol) != (units.extractor, units.protocol):
+            raise MetagenError(f"champion v{before}'s FID units are under other digests than v{version}'s")
+        iv = compare(Moments.of(units.model), {"champion": Moments.of(theirs.model)}, Moments.of(units.real),
+                     rules.bootstrap_samples, rules.seed, rules.confidence)["champion"]
+        if key not in client.get_model_version(name, before).tags:
+            _write(client.set_model_version_tag, name, before, key, repr(iv.other_fid))
             _write(client.set_model_version_tag, name, before, eligible_key(key),
-                   str(champion_fid <= rules.fid_threshold).lower())
+                   str(iv.other_fid <= rules.fid_threshold).lower())
+        verdict = verdict.plus(champion_condition(before, iv, rules))
+    elif before is None:
+        verdict = verdict.plus(Condition("no champion yet", True))
     _write(client.set_model_version_tag, name, version, key, repr(fid))
     after = before
-    if all(ok for _, ok in conditions):
+    if verdict.passed:
         _write(client.set_model_version_tag, name, version, eligible_key(key), "true")
         after = reconcile(client, name, key)
-    if after is not None and after != version:
-        champ = champion_fid if after == before and champion_fid is not None else float(
-            client.get_model_version(name, after).tags.get(key, "nan"))
-        conditions.append((f"FID {fid:.4f} {'<' if fid < champ else '>='} champion v{after} {champ:.4f}", fid < champ))
-    elif after == version:
-        conditions.append(("first champion", True) if before is None or before == version else
-                          (f"FID {fid:.4f} < champion v{before} {champion_fid:.4f}", True))
+        if after != version:  # a better version raced this one
+            other = float(client.get_model_version(name, after).tags.get(key, "nan"))
+            verdict = verdict.plus(Condition(f"v{after} (FID {other:.2f}) became champion first", False))
     decision = "promoted" if after == version else "rejected"
-    failed = tuple(text for text, ok in conditions if not ok)
-    reason = _state(conditions)
     _write(client.set_model_version_tag, name, version, "gate.decision", decision)
-    _write(client.set_model_version_tag, name, version, "gate.reason", reason[:5000])
-    if failed:
-        _write(client.set_model_version_tag, name, version, "gate.failed", "; ".join(failed)[:5000])
+    _write(client.set_model_version_tag, name, version, "gate.reason", verdict.reason[:5000])
+    if verdict.failed:
+        _write(client.set_model_version_tag, name, version, "gate.failed", "; ".join(verdict.failed)[:5000])
     run_id = client.get_model_version(name, version).run_id
-    client.update_model_version(name, version, description=gate_markdown(decision, reason)
+    client.update_model_version(name, version, description=gate_markdown(decision, verdict.reason)
                                 + f"\nEvaluated and logged by MLflow run `{run_id}`.\n")
-    log.info("gate: v%s %s (%s)", version, decision, reason)
-    return GateDecision(version, decision, reason, fid, before, after, failed)
+    log.info("gate: v%s %s (%s)", version, decision, verdict.reason)
+    return GateDecision(version, decision, verdict.reason, fid, before, after, verdict.failed)
 
 
 def register_checkpoint(run_id: str, checkpoint: Path, params: Params, prepared_dir: Path,
@@ -320,13 +281,32 @@ def register_checkpoint(run_id: str, checkpoint: Path, params: Params, prepared_
     return register(uri, params.registry.model_name, {**tags, "mlflow.run_id": run_id, "model_uri": uri})
 
 
-def score_registered(uri: str, params: Params, root: Path) -> float:
+def score_registered(uri: str, params: Params, root: Path) -> FidUnits:
     """Re-evaluate a registered version on the current protocol (meta-model only), adapting it by
-    the rule it was registered with."""
+    the rule it was registered with: its FID units, for the gate's paired comparison."""
     restored, rule = load_registered_learner(uri)
     rule = replace(rule, sampling=params.eval.sampling)
     with tempfile.TemporaryDirectory(prefix="metagen-reeval-") as tmp:
-        out = evaluate(restored.learner, rule, params, root / params.data.prepared_dir, Path(tmp),
-                       root / params.eval.features_dir, root / params.train.checkpoint_dir, baselines=False,
-                       choose=False)
-    return float(meta_row(out.report, params.eval.sampling)["fid_mean"])
+        evaluate(restored.learner, rule, params, root / params.data.prepared_dir, Path(tmp),
+                 root / params.eval.features_dir, root / params.train.checkpoint_dir, baselines=False, choose=False)
+        return load_units(Path(tmp) / UNITS_FILE)
+
+
+def champion_units(name: str, version: str, params: Params, root: Path, extractor: str, protocol: str) -> FidUnits:
+    """The units the version's own evaluation logged (``eval/fid_units.npz`` on its run) when they
+    are under these digests; else the version re-evaluated on this protocol."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    run_id = MlflowClient().get_model_version(name, version).run_id
+    with tempfile.TemporaryDirectory(prefix="metagen-units-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"eval/{UNITS_FILE}", dst_path=tmp)
+            units = load_units(local)
+            if (units.extractor, units.protocol) == (extractor, protocol):
+                return units
+        except (MlflowException, MetagenError, OSError):
+            pass
+    log.info("champion v%s was measured under other digests: re-evaluating it on this protocol", version)
+    return score_registered(f"models:/{name}/{version}", params, root)

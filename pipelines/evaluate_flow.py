@@ -39,7 +39,7 @@ def run_evaluation(root: str, params: Params, checkpoint: str | None, model_uri:
     out = run_protocol(restored.learner, rule, params, base / params.data.prepared_dir, base / params.eval.reports_dir,
                        base / params.eval.features_dir, base / params.train.checkpoint_dir,
                        history=restored.state.history, mapper=eval_mapper(params))
-    return {"report": out.report, "files": [str(p) for p in [out.report_path, out.markdown_path, *out.pictures]],
+    return {"report": out.report, "files": [str(p) for p in [out.report_path, out.markdown_path, out.units_path, *out.pictures]],
             "markdown": out.markdown_path.read_text()}
 
 

@@ -11,7 +11,10 @@ from prefect import flow, task
 from components.errors import MetagenError
 from components.meta.adaptation import AdaptationRule
 from components.params import Params
-from components.registry import GateRules, promote as apply_gate, register_checkpoint, score_registered
+from components.evaluation.bootstrap import load_units
+from components.evaluation.evaluate import UNITS_FILE
+from components.gate import GateRules
+from components.registry import champion_units, promote as apply_gate, register_checkpoint
 from components.timing import phase
 from components.tracking import configure, mlflow_step, tracked_run
 from pipelines.common import resolve, retry_unless_user_error, run_name
@@ -31,10 +34,15 @@ def register_model(root: str, params: Params, run_id: str, checkpoint: str, tags
 def gate(root: str, params: Params, version: str, report: dict[str, Any]) -> dict[str, Any]:
     base = Path(root)
     name = params.registry.model_name
+    units = load_units(base / params.eval.reports_dir / UNITS_FILE)
+    digests = (report["extractor"]["digest"], report["protocol"]["digest"])
+    if (units.extractor, units.protocol) != digests:
+        raise MetagenError(f"{base / params.eval.reports_dir / UNITS_FILE} is not from the evaluation in eval.json "
+                           "(other digests); run `metagen evaluate` again")
     with mlflow_step("applying the promotion gate"):
         configure(params, base)
-        decision = apply_gate(name, version, report, GateRules.from_params(params),
-                              reevaluate=lambda v: score_registered(f"models:/{name}/{v}", params, base))
+        decision = apply_gate(name, version, report, units, GateRules.from_params(params.registry, params.eval),
+                              lambda v: champion_units(name, v, params, base, *digests))
     return decision.__dict__
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from components.atomic import atomic_file, write_text_atomic
@@ -21,10 +22,11 @@ from components.evaluation.protocol import (
     Protocol,
     choose_settings,
     draw_episode,
-    evaluate_generator,
     evaluate_generators,
+    real_units,
     select_classes,
 )
+from components.evaluation.bootstrap import FidUnits, Moments, compare, save_units
 from components.evaluation.report import markdown_table
 from components.meta.baselines import (
     MODES,
@@ -44,6 +46,7 @@ from components.timing import phase
 log = logging.getLogger(__name__)
 DOMAIN_FILE = "domain.pt"
 DOMAIN_METRICS = "metrics.json"
+UNITS_FILE = "fid_units.npz"
 
 
 def build_domain_features(params: Params, prepared_dir: Path, features_dir: Path) -> dict[str, Any]:
@@ -123,11 +126,13 @@ def choice_classes(val: Split, ev: EvalParams) -> Split:
 @dataclass
 class Scores:
     """What scoring gives: the table's rows, the first repeat's samples, each model's settings
-    chosen on meta-val (lr, temperature) with every candidate's FID and copy rate."""
+    chosen on meta-val (lr, temperature) with every candidate's FID and copy rate, and each
+    model's features per sampling mode [repeat][class] (the units of the FID's bootstrap)."""
 
     rows: list[dict[str, Any]]
     samples: dict[str, dict[str, list[torch.Tensor]]]
     selection: dict[str, Any]
+    features: dict[str, dict[str, list[list[np.ndarray]]]]
 
 
 def score_baselines(
@@ -163,10 +168,10 @@ def score_baselines(
     with phase("baselines and replay"):
         results = evaluate_generators(gens, test, test_feats, extractor, protocol, stats_cache=stats_cache,
                                       mapper=mapper)
-    rows = [row for g_rows, _ in results for row in g_rows]
-    samples = {gen.name: g_samples for gen, (_, g_samples) in zip(gens, results, strict=True)
+    rows = [row for res in results for row in res.rows]
+    samples = {gen.name: res.samples for gen, res in zip(gens, results, strict=True)
                if not isinstance(gen, SupportReplay)}
-    return Scores(rows, samples, selection)
+    return Scores(rows, samples, selection, {gen.name: res.features for gen, res in zip(gens, results, strict=True)})
 
 
 def choose_meta_settings(meta: MetaGenerator, val: Split, extractor: ex.FeatureExtractor, protocol: Protocol,
@@ -194,12 +199,25 @@ def score(
     """Scoring, no files: the meta-model through the protocol, next to the references' scores."""
     test_feats = extractor.features(torch.from_numpy(test.images))
     with phase(meta.name):
-        rows, samples = evaluate_generator(meta, test, test_feats, extractor, protocol, stats_cache=stats_cache,
-                                           mapper=mapper)
-    return Scores(rows + references.rows, {meta.name: samples, **references.samples}, references.selection)
+        [res] = evaluate_generators([meta], test, test_feats, extractor, protocol, stats_cache=stats_cache,
+                                    mapper=mapper)
+    return Scores(res.rows + references.rows, {meta.name: res.samples, **references.samples}, references.selection,
+                  {meta.name: res.features, **references.features})
 
 
-BASELINES_CACHE_VERSION = 6  # bump when what score_baselines computes changes (6: NLL in channels-last, fused Adam fine-tuning: equal up to float rounding)
+def fid_comparisons(scores: Scores, real: list[list[np.ndarray]], ev: EvalParams) -> list[dict[str, Any]]:
+    """The meta-model's FID (in ``eval.sampling``) minus every other row's, each with its paired
+    bootstrap interval (:mod:`components.evaluation.bootstrap`)."""
+    others = {f"{name}\0{mode}": Moments.of(units, f"{name} ({mode})")
+              for name, by_mode in scores.features.items() if name != "meta" for mode, units in by_mode.items()}
+    with phase("FID bootstrap"):
+        intervals = compare(Moments.of(scores.features["meta"][ev.sampling], "meta"), others,
+                            Moments.of(real, "held-out images"), ev.bootstrap_samples, ev.seed, ev.confidence)
+    return [{"model": key.split("\0")[0], "sampling": key.split("\0")[1], **iv.to_dict()}
+            for key, iv in intervals.items()]
+
+
+BASELINES_CACHE_VERSION = 7  # bump when what score_baselines computes changes (7: the FID's bootstrap units kept)
 CHOICE_CACHE_VERSION = 4  # ... and this when their settings choice changes (4: the least-copying fallback of 009ef48)
 
 
@@ -237,7 +255,9 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
     path = cache_dir / f"baselines-{baselines_key(params, manifest, protocol, extractor.digest, plain)}.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        return Scores(cached["rows"], cached["samples"], cached["selection"])
+        features = {name: {mode: [[u.numpy() for u in r] for r in units] for mode, units in by_mode.items()}
+                    for name, by_mode in cached["features"].items()}
+        return Scores(cached["rows"], cached["samples"], cached["selection"], features)
     with phase("pretrain baseline"):
         pre_model = reference_pretrain(params, prepared_dir, cache_dir)
     gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.finetune_steps),
@@ -250,7 +270,10 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
     if selection is None:
         write_text_atomic(choice_path, json.dumps(scores.selection, indent=1))
     with atomic_file(path) as tmp:
-        torch.save({"rows": scores.rows, "samples": scores.samples, "selection": scores.selection}, tmp)
+        torch.save({"rows": scores.rows, "samples": scores.samples, "selection": scores.selection,
+                    "features": {name: {mode: [[torch.from_numpy(u) for u in r] for r in units]
+                                        for mode, units in by_mode.items()}
+                                 for name, by_mode in scores.features.items()}}, tmp)
     return scores
 
 
@@ -274,6 +297,7 @@ class EvalOutputs:
     report_path: Path
     markdown_path: Path
     pictures: list[Path]
+    units_path: Path  # the meta-model's FID units: the champion comparison of a later version reads them
 
 
 def evaluate(
@@ -300,7 +324,7 @@ def evaluate(
         manifest = read_manifest(prepared_dir)
         protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
         extractor, extractor_acc = load_extractor(params, features_dir)
-    references = Scores([], {}, {})
+    references = Scores([], {}, {}, {})
     if baselines:
         with phase("references (baselines, replay)"):
             references = baseline_scores(params, prepared_dir, features_dir, cache_dir, mapper)
@@ -313,6 +337,9 @@ def evaluate(
     scores = score(meta, references, test, extractor, protocol, cache_dir / "fid-stats", mapper)
     rows = scores.rows
     out_dir.mkdir(parents=True, exist_ok=True)
+    real = real_units(test, extractor.features(torch.from_numpy(test.images)), protocol)
+    units_path = out_dir / UNITS_FILE
+    save_units(units_path, FidUnits(extractor.digest, protocol.digest, scores.features["meta"][ev.sampling], real))
     selection = {meta.name: meta_choice, **scores.selection}
     with phase("pictures"):
         pictures = _pictures(out_dir, test, protocol, scores.samples, rows, history)
@@ -325,6 +352,7 @@ def evaluate(
         "adaptation": rule.to_dict(),
         "rows": rows,
         "selection": selection,
+        "comparisons": fid_comparisons(scores, real, ev) if len(scores.features) > 1 else [],
         "best": {mode: min((r for r in rows if r["sampling"] == mode), key=lambda r: r["fid_mean"])["model"]
                  for mode in MODES},
     }
@@ -337,7 +365,7 @@ def evaluate(
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
     md_path = out_dir / "eval.md"
     write_text_atomic(md_path, markdown_table(report))
-    return EvalOutputs(report, report_path, md_path, pictures)
+    return EvalOutputs(report, report_path, md_path, pictures, units_path)
 
 
 def _pictures(out_dir: Path, test: Split, protocol: Protocol, samples: dict, rows: list, history: list | None) -> list[Path]:
@@ -356,8 +384,3 @@ def _pictures(out_dir: Path, test: Split, protocol: Protocol, samples: dict, row
         if curve is not None:
             paths.append(curve)
     return paths
-
-
-def meta_row(report: dict[str, Any], sampling: str) -> dict[str, Any]:
-    """The gated row: the meta-model in the configured sampling mode."""
-    return next(r for r in report["rows"] if r["model"] == "meta" and r["sampling"] == sampling)

@@ -99,10 +99,18 @@ def draw_episode(split: Split, k_shot: int, seed: int) -> Episode:
     return Episode(supports, heldout)
 
 
+@dataclass
+class Scored:
+    """One mode's metrics, and its samples' features class by class (the FID's bootstrap units)."""
+
+    metrics: dict[str, float]
+    features: list[np.ndarray]
+
+
 def score_samples(
     generated: list[Tensor], split: Split, episode: Episode, real_feats: np.ndarray, extractor: FeatureExtractor,
     protocol: Protocol, seed: int, name: str, score_aug: bool = True, real_stats: Statistics | None = None,
-) -> dict[str, float]:
+) -> Scored:
     """Every sample metric of one mode (``generated[c]``: class c's images) against held-out reals."""
     fake = torch.cat(generated)
     if not torch.isfinite(fake).all():
@@ -130,7 +138,7 @@ def score_samples(
             clf = train_classifier(fake, labels, len(generated), protocol.eval.augment_steps, seed, width=32)
             out["aug_acc"] = accuracy(clf, torch.from_numpy(split.images[held]),
                                       torch.from_numpy(split.labels[held]))
-    return out
+    return Scored(out, [fake_feats[bounds[c] : bounds[c + 1]].astype(np.float32) for c in range(len(generated))])
 
 
 def _modes(gen: FewShotGenerator, wanted: tuple[str, ...]) -> tuple[str, ...]:
@@ -214,7 +222,7 @@ class ScoreJob:
     score_aug: bool
 
 
-def score_job(data: ScoringData, job: ScoreJob) -> dict[str, float]:
+def score_job(data: ScoringData, job: ScoreJob) -> Scored:
     return score_samples(job.generated, data.split, job.episode, data.real_feats, data.extractor, data.protocol,
                          job.seed, job.name, job.score_aug, job.real_stats)
 
@@ -224,6 +232,7 @@ class RepeatResult:
     metrics: dict[Variant, dict[str, float]] = field(default_factory=dict)  # variant -> metric -> value
     nll: float | None = None
     samples: dict[Variant, list[Tensor]] = field(default_factory=dict)
+    features: dict[Variant, list[np.ndarray]] = field(default_factory=dict)  # variant -> class -> (n, d)
 
 
 def _real_stats(split: Split, episode: Episode, real_feats: np.ndarray, extractor: FeatureExtractor,
@@ -275,8 +284,9 @@ def run_generators(
                 where.append((g, r, variant))
     with phase("score"):
         scores = mapper.map(score_job, ScoringData(split, real_feats, extractor, protocol), score_jobs)
-    for (g, r, variant), metrics in zip(where, scores, strict=True):
-        out[g][r].metrics[variant] = metrics
+    for (g, r, variant), scored in zip(where, scores, strict=True):
+        out[g][r].metrics[variant] = scored.metrics
+        out[g][r].features[variant] = scored.features
     return out
 
 
@@ -307,25 +317,33 @@ def rows_of(gen: FewShotGenerator, repeats: list[RepeatResult], modes: tuple[str
     return rows
 
 
+@dataclass
+class Evaluated:
+    """One generator through the protocol: its rows (one per sampling mode, mean/std over
+    ``eval.repeats``), the first repeat's samples, and per mode its features [repeat][class]."""
+
+    rows: list[dict[str, Any]]
+    samples: dict[str, list[Tensor]]
+    features: dict[str, list[list[np.ndarray]]]
+
+
 def evaluate_generators(
     gens: Sequence[FewShotGenerator], split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
     protocol: Protocol, modes: tuple[str, ...] = MODES, stats_cache: Path | None = None,
     mapper: Mapper | None = None,
-) -> list[tuple[list[dict[str, Any]], dict[str, list[Tensor]]]]:
-    """Per generator: its rows (mean/std over ``eval.repeats``) and the first repeat's samples."""
+) -> list[Evaluated]:
     results = run_generators(gens, split, real_feats, extractor, protocol, repeat_seeds(protocol), modes,
                              stats_cache=stats_cache, mapper=mapper)
-    return [(rows_of(gen, repeats, modes), {mode: per_class for (mode, _), per_class in repeats[0].samples.items()})
+    return [Evaluated(rows_of(gen, repeats, modes),
+                      {mode: per_class for (mode, _), per_class in repeats[0].samples.items()},
+                      {mode: [r.features[(mode, t)] for r in repeats] for (mode, t) in repeats[0].features})
             for gen, repeats in zip(gens, results, strict=True)]
 
 
-def evaluate_generator(
-    gen: FewShotGenerator, split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
-    protocol: Protocol, modes: tuple[str, ...] = MODES, stats_cache: Path | None = None,
-    mapper: Mapper | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, list[Tensor]]]:
-    """Rows (one per sampling mode) with mean/std over ``eval.repeats`` and the first repeat's samples."""
-    return evaluate_generators([gen], split, real_feats, extractor, protocol, modes, stats_cache, mapper)[0]
+def real_units(split: Split, real_feats: np.ndarray, protocol: Protocol) -> list[list[np.ndarray]]:
+    """The held-out real images' features [repeat][class]: what every model's samples are scored against."""
+    return [[real_feats[h].astype(np.float32) for h in draw_episode(split, protocol.k_shot, seed).heldout]
+            for seed in repeat_seeds(protocol)]
 
 
 def choose_settings(

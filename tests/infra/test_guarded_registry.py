@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from components.registry import GateRules, promote
-from tests.pipelines.test_registry import _new_versions, _report
+from components.gate import GateRules
+from tests.pipelines.test_registry import _new_versions, gate
 from tests.servers import mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -66,8 +66,8 @@ def test_only_the_pipeline_user_moves_champion(auth_server, monkeypatch: pytest.
     _as(monkeypatch, url, pipeline)
     client = MlflowClient()
     v1, v2 = _new_versions(client, NAME, 2)
-    rules = GateRules(sampling="prior", fid_threshold=20.0, max_copy_rate=0.1, require_beats_baselines=True)
-    assert promote(NAME, v1, _report(9.0), rules, lambda v: 0.0).decision == "promoted"
+    rules = GateRules(sampling="prior", fid_threshold=20.0, max_copy_rate=0.1, require_beats_baselines=True, bootstrap_samples=100)
+    assert gate(NAME, v1, 9.0, rules).decision == "promoted"
     _admin_client(monkeypatch, url, admin).grant_user_permission(reader[0], "registered_model", NAME, "READ")
 
     # the reader sees the model and its champion, but cannot move the alias or tag versions
@@ -88,5 +88,5 @@ def test_only_the_pipeline_user_moves_champion(auth_server, monkeypatch: pytest.
 
     # the pipeline's user promotes the better version through the gate
     _as(monkeypatch, url, pipeline)
-    assert promote(NAME, v2, _report(5.0), rules, lambda v: 0.0).decision == "promoted"
+    assert gate(NAME, v2, 5.0, rules).decision == "promoted"
     assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == v2

@@ -135,8 +135,8 @@ def test_registry_path_on_mlflow_with_postgresql(postgres: str, tmp_path: Path, 
     import mlflow
     from mlflow import MlflowClient
 
-    from components.registry import GateRules, promote
-    from tests.pipelines.test_registry import _new_versions, _report
+    from components.gate import GateRules
+    from tests.pipelines.test_registry import _new_versions, gate
 
     server, url = mlflow_server(tmp_path / "mlflow", backend_uri=postgres)
     server.start(timeout=120)
@@ -146,9 +146,9 @@ def test_registry_path_on_mlflow_with_postgresql(postgres: str, tmp_path: Path, 
         mlflow.set_registry_uri(url)
         client = MlflowClient(url, url)
         v1, v2 = _new_versions(client, "pg-model", 2)
-        rules = GateRules(sampling="prior", fid_threshold=10.0, max_copy_rate=0.1, require_beats_baselines=True)
-        assert promote("pg-model", v1, _report(6.0), rules, lambda v: 0.0).decision == "promoted"
-        assert promote("pg-model", v2, _report(5.0), rules, lambda v: 0.0).decision == "promoted"
+        rules = GateRules(sampling="prior", fid_threshold=10.0, max_copy_rate=0.1, require_beats_baselines=True, bootstrap_samples=100)
+        assert gate("pg-model", v1, 6.0, rules).decision == "promoted"
+        assert gate("pg-model", v2, 5.0, rules).decision == "promoted"
         assert str(client.get_model_version_by_alias("pg-model", "champion").version) == v2
         assert str(client.get_model_version_by_alias("pg-model", "previous").version) == v1
     finally:

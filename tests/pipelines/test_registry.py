@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from components.errors import MetagenError
-from components.registry import GateRules, fid_key, promote
+import numpy as np
+
+from components.evaluation.bootstrap import FidUnits
+from components.gate import GateRules
+from components.registry import fid_key, promote
 
 pytestmark = [pytest.mark.integration]
 
@@ -48,11 +52,17 @@ def _champion(url: str, name: str) -> str:
     return str(MlflowClient(url, url).get_model_version_by_alias(name, "champion").version)
 
 
-def _never(_v: str) -> float:
-    raise AssertionError("re-evaluation was not expected")
+RULES = GateRules(sampling="prior", fid_threshold=20.0, max_copy_rate=0.1, require_beats_baselines=True,
+                  bootstrap_samples=100)
+REAL = [[np.random.default_rng([r, c]).normal(0, 1, (6, 3)) for c in range(4)] for r in range(2)]
+KNOWN: dict[tuple[str, str], FidUnits] = {}  # (model, version) -> the units its evaluation logged
 
 
-RULES = GateRules(sampling="prior", fid_threshold=20.0, max_copy_rate=0.1, require_beats_baselines=True)
+def units_of(fid: float, protocol: str = "proto") -> FidUnits:
+    """Samples that are the held-out features moved by sqrt(fid): FID exactly ``fid`` on every
+    bootstrap draw, so two of them differ without noise (a tie is an exact tie)."""
+    move = np.array([np.sqrt(fid), 0.0, 0.0])
+    return FidUnits("ext", protocol, [[u + move for u in r] for r in REAL], REAL)
 
 
 def _row(model: str, sampling: str, fid: float, copy: float) -> dict:
@@ -60,13 +70,22 @@ def _row(model: str, sampling: str, fid: float, copy: float) -> dict:
 
 
 def _report(fid: float, copy: float = 0.0, baselines: list[dict] | None = None, protocol: str = "proto") -> dict:
-    """An eval.json as the evaluation writes it, reduced to what the gate reads."""
+    """An eval.json as the evaluation writes it, reduced to what the gate reads (the baselines'
+    intervals without noise)."""
     rows = [_row("meta", "prior", fid, copy), _row("meta", "support", fid + 1, copy)]
-    return {"extractor": {"digest": "ext"}, "protocol": {"digest": protocol}, "rows": rows + (baselines or [])}
+    comparisons = [{"model": b["model"], "sampling": b["sampling"], "fid": fid, "other_fid": b["fid_mean"],
+                    "difference": fid - b["fid_mean"], "low": fid - b["fid_mean"], "high": fid - b["fid_mean"],
+                    "confidence": 0.95} for b in baselines or []]
+    return {"extractor": {"digest": "ext"}, "protocol": {"digest": protocol}, "rows": rows + (baselines or []),
+            "comparisons": comparisons}
 
 
-def _gate(name: str, version: str, fid: float, reevaluate=_never, **kw) -> object:  # noqa: ANN001
-    return promote(name, version, _report(fid, **kw), RULES, reevaluate)
+def gate(name: str, version: str, fid: float, rules: GateRules = RULES, champion_units=None, **kw) -> object:  # noqa: ANN001
+    units = units_of(fid, kw.get("protocol", "proto"))
+    KNOWN[(name, version)] = units
+    return promote(name, version, _report(fid, **kw), units, rules,
+                   champion_units or (lambda v: KNOWN[(name, v)]))
+
 
 
 def test_threshold_then_better_then_worse(mlflow_srv, name: str) -> None:  # noqa: ANN001
@@ -76,21 +95,23 @@ def test_threshold_then_better_then_worse(mlflow_srv, name: str) -> None:  # noq
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     v1, v2, v3, v4 = _versions(url, name, 4)
-    d = _gate(name, v1, 50.0)
-    assert d.decision == "rejected" and "FID 50.0000 > registry.fid_threshold 20 (FAIL)" in d.reason
-    d = _gate(name, v2, 10.0)
-    assert d.decision == "promoted" and "first champion" in d.reason and _champion(url, name) == v2
-    d = _gate(name, v3, 12.0)
-    assert d.decision == "rejected" and f"FID 12.0000 >= champion v{v2} 10.0000 (FAIL)" in d.reason
-    d = _gate(name, v4, 10.0)  # a tie keeps the champion
+    d = gate(name, v1, 50.0)
+    assert d.decision == "rejected" and "FID 50.00 > registry.fid_threshold 20 (FAIL)" in d.reason
+    d = gate(name, v2, 10.0)
+    assert d.decision == "promoted" and "no champion yet" in d.reason and _champion(url, name) == v2
+    d = gate(name, v3, 12.0)
+    worse = f"FID 12.00 vs champion v{v2} 10.00: difference +2.00 [+2.00, +2.00] (90% interval): worse"
+    assert d.decision == "rejected" and f"{worse} (FAIL)" in d.reason
+    d = gate(name, v4, 10.0)  # a tie keeps the champion
     assert d.decision == "rejected" and _champion(url, name) == v2
+    assert "difference +0.00 [+0.00, +0.00] (90% interval): not better (FAIL)" in d.reason
     from mlflow import MlflowClient
 
     client = MlflowClient(url, url)
     v3_info = client.get_model_version(name, v3)
     assert v3_info.tags["gate.decision"] == "rejected"
-    assert v3_info.tags["gate.failed"] == f"FID 12.0000 >= champion v{v2} 10.0000"
-    assert "rejected" in v3_info.description and "FID 12.0000" in v3_info.description
+    assert v3_info.tags["gate.failed"] == worse
+    assert "rejected" in v3_info.description and worse in v3_info.description
 
 
 def test_a_copier_and_a_loser_to_a_baseline_are_rejected(mlflow_srv, name: str) -> None:  # noqa: ANN001
@@ -103,14 +124,14 @@ def test_a_copier_and_a_loser_to_a_baseline_are_rejected(mlflow_srv, name: str) 
     replay = _row("support_replay", "replay", 0.5, 1.0)
     baselines = [_row("pretrain", "prior", 9.0, 0.0), _row("pretrain", "support", 6.0, 0.02),
                  _row("scratch", "support", 1.0, 0.6), replay]
-    d = _gate(name, v1, 3.0, copy=0.9, baselines=baselines)  # memorises its supports
+    d = gate(name, v1, 3.0, copy=0.9, baselines=baselines)  # memorises its supports
     assert d.decision == "rejected" and "copy_rate 0.900 > registry.max_copy_rate 0.1 (FAIL)" in d.reason
-    d = _gate(name, v2, 7.0, baselines=baselines)  # loses to pretrain's support sampling
-    assert d.decision == "rejected" and "FID 7.0000 >= pretrain (support) 6.0000 (FAIL)" in d.reason
+    d = gate(name, v2, 7.0, baselines=baselines)  # loses to pretrain's support sampling
+    assert d.decision == "rejected" and "FID 7.00 vs pretrain (support) 6.00: difference +1.00" in d.reason
     assert "scratch excluded: a copier (copy_rate 0.600 > 0.1)" in d.reason
     assert "support_replay excluded: a copier" in d.reason
-    d = _gate(name, v3, 5.0, baselines=baselines)
-    assert d.decision == "promoted" and "FID 5.0000 < pretrain (support) 6.0000 (pass)" in d.reason
+    d = gate(name, v3, 5.0, baselines=baselines)
+    assert d.decision == "promoted" and "FID 5.00 vs pretrain (support) 6.00: difference -1.00 [-1.00, -1.00] (90% interval): better (pass)" in d.reason
     assert _champion(url, name) == v3
 
 
@@ -122,18 +143,18 @@ def test_champion_under_other_digests_is_reevaluated(mlflow_srv, name: str) -> N
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     v1, v2 = _versions(url, name, 2)
-    assert _gate(name, v1, 5.0, protocol="old-protocol").decision == "promoted"
+    assert gate(name, v1, 5.0, protocol="old-protocol").decision == "promoted"
     calls: list[str] = []
 
-    def reevaluate(v: str) -> float:
+    def reevaluate(v: str) -> FidUnits:
         calls.append(v)
-        return 9.0  # v1 on the new protocol
+        return units_of(9.0, "new-protocol")  # v1 on the new protocol
 
-    d = _gate(name, v2, 8.0, reevaluate, protocol="new-protocol")
+    d = gate(name, v2, 8.0, champion_units=reevaluate, protocol="new-protocol")
     assert calls == [v1]
-    assert d.decision == "promoted" and f"< champion v{v1} 9.0000" in d.reason
+    assert d.decision == "promoted" and f"vs champion v{v1} 9.00: difference -1.00" in d.reason
     client = MlflowClient(url, url)
-    assert client.get_model_version(name, v1).tags[fid_key("ext", "new-protocol")] == "9.0"
+    assert float(client.get_model_version(name, v1).tags[fid_key("ext", "new-protocol")]) == pytest.approx(9.0)
     assert client.get_model_version_by_alias(name, "previous").version == v1
     assert _champion(url, name) == v2
 
@@ -152,7 +173,7 @@ def test_racing_promotions_end_with_the_better_model(mlflow_srv, name: str) -> N
     def go(v: str, fid: float) -> None:
         try:
             barrier.wait()
-            _gate(name, v, fid)
+            gate(name, v, fid)
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 

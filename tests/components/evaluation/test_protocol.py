@@ -13,7 +13,8 @@ from PIL import Image
 from components.data.prepare import load_split, read_manifest
 from components.errors import MetagenError, ParamsError
 from components.evaluation.evaluate import build_domain_features, evaluate, load_extractor
-from components.evaluation.protocol import Protocol, evaluate_generator
+from components.evaluation.bootstrap import load_units
+from components.evaluation.protocol import Protocol, evaluate_generators
 from components.meta.adaptation import AdaptationRule
 from components.meta.baselines import FinetuneGenerator, MetaGenerator
 from components.meta.trainer import build_learner, vae_config
@@ -43,8 +44,10 @@ def setup(tmp_path: Path, digits_prepared: Path):  # noqa: ANN201
 def test_protocol_is_deterministic(setup) -> None:  # noqa: ANN001
     params, test, learner, extractor, protocol, feats = setup
     gen = MetaGenerator(learner, AdaptationRule.from_params(params))
-    a, _ = evaluate_generator(gen, test, feats, extractor, protocol)
-    b, _ = evaluate_generator(gen, test, feats, extractor, protocol)
+    [a] = evaluate_generators([gen], test, feats, extractor, protocol)
+    [b] = evaluate_generators([gen], test, feats, extractor, protocol)
+    assert [len(units) for units in a.features["support"]] == [len(test.classes)] * params.eval.repeats
+    a, b = a.rows, b.rows
     for ra, rb in zip(a, b, strict=True):
         for key in ("fid_mean", "kid_mean", "nll_mean", "precision", "copy_rate", "aug_acc_mean"):
             assert ra[key] == pytest.approx(rb[key], abs=1e-6), key
@@ -65,7 +68,7 @@ def test_nan_generator_is_named(setup) -> None:  # noqa: ANN001
     start = {k: torch.full_like(v, float("nan")) for k, v in param_dict(broken).items()}
     gen = FinetuneGenerator("broken-vae", broken, start, steps=0, lr=0.0)
     with pytest.raises(MetagenError, match="broken-vae.*NaN"):
-        evaluate_generator(gen, test, feats, extractor, protocol)
+        evaluate_generators([gen], test, feats, extractor, protocol)
 
 
 def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Path) -> None:
@@ -102,6 +105,17 @@ def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Pat
                 "copy_rate", "aug_acc_mean"} <= set(row)
         assert (row["nll_mean"] is None) == (row["model"] == "support_replay")
     assert report["extractor"]["heldout_accuracy"] is not None
+    # every other row compared with the gated meta row, with the interval of the difference
+    gated = next(r for r in report["rows"] if (r["model"], r["sampling"]) == ("meta", params.eval.sampling))
+    assert {(c["model"], c["sampling"]) for c in report["comparisons"]} == models - {("meta", "prior"), ("meta", "support")}
+    for c in report["comparisons"]:
+        other = next(r for r in report["rows"] if (r["model"], r["sampling"]) == (c["model"], c["sampling"]))
+        assert c["fid"] == pytest.approx(gated["fid_mean"], rel=1e-6)
+        assert c["other_fid"] == pytest.approx(other["fid_mean"], rel=1e-6)
+        assert c["low"] <= c["high"]
+    units = load_units(out.units_path)
+    assert (units.extractor, units.protocol) == (report["extractor"]["digest"], report["protocol"]["digest"])
+    assert len(units.model) == len(units.real) == params.eval.repeats
     assert "| meta | support |" in out.markdown_path.read_text()
     names = {p.name for p in out.pictures}
     assert {"grid_meta_support.png", "grid_pretrain_prior.png", "fid.png", "loss.png", "selection.png"} <= names

@@ -1,0 +1,193 @@
+"""How sure a FID comparison is: a paired bootstrap over test classes and repeats.
+
+The evaluation's FID of a model is the mean over repeats of the FID of all its samples (every test
+class pooled) against all held-out real images. Its noise comes from which classes were drawn and
+from each repeat's supports, so the bootstrap resamples exactly those units: the test classes with
+replacement (the same draw for every model: the comparison is paired) and the repeats with
+replacement, and recomputes each model's pooled FID on the resampled set from per-unit moments
+(count, sum, sum of outer products), which add. The difference of two models' FIDs then has an
+interval: the ``[1 - confidence, confidence]`` percentiles, whose upper end is a one-sided bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from components.errors import MetagenError
+
+Units = Sequence[Sequence[np.ndarray]]  # [repeat][class] -> (n, d) features
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per (repeat, class) unit: ``n`` [R, C], ``s1`` [R, C, d] sums, ``s2`` [R, C, d, d] sums of x x^T."""
+
+    n: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+
+    @classmethod
+    def of(cls, units: Units, what: str = "features") -> Moments:
+        if not units or not units[0]:
+            raise MetagenError(f"{what}: no (repeat, class) units to bootstrap")
+        shape = (len(units), len(units[0]))
+        if any(len(r) != shape[1] for r in units):
+            raise MetagenError(f"{what}: every repeat must have the same classes")
+        x = [[np.asarray(u, np.float64) for u in r] for r in units]
+        return cls(np.array([[len(u) for u in r] for r in x], np.float64),
+                   np.array([[u.sum(0) for u in r] for r in x]),
+                   np.array([[u.T @ u for u in r] for r in x]))
+
+
+def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(m)
+    return (vecs * np.sqrt(np.clip(vals, 0, None))[..., None, :]) @ np.swapaxes(vecs, -1, -2)
+
+
+def _pooled(m: Moments, r: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of repeat ``r``'s units pooled with ``weights`` [B, C] (class counts)."""
+    n = weights @ m.n[r]
+    mu = (weights @ m.s1[r]) / n[:, None]
+    s2 = np.einsum("bc,cij->bij", weights, m.s2[r])
+    cov = (s2 - n[:, None, None] * mu[:, :, None] * mu[:, None, :]) / (n - 1)[:, None, None]
+    return mu, (cov + np.swapaxes(cov, -1, -2)) / 2
+
+
+def _fids(models: Mapping[str, Moments], real: Moments, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """FID [B, R] of each model for each class weighting (``weights`` [B, C]) and repeat."""
+    repeats = real.n.shape[0]
+    out = {name: np.empty((len(weights), repeats)) for name in models}
+    for r in range(repeats):
+        mu_r, cov_r = _pooled(real, r, weights)
+        root = _sqrt_psd(cov_r)  # tr sqrt(S_m S_r) = sum sqrt(eig(R S_m R)), R = S_r^(1/2)
+        for name, m in models.items():
+            mu, cov = _pooled(m, r, weights)
+            eig = np.linalg.eigvalsh(root @ cov @ root)
+            diff = mu - mu_r
+            out[name][:, r] = ((diff * diff).sum(1) + np.trace(cov, axis1=1, axis2=2)
+                               + np.trace(cov_r, axis1=1, axis2=2) - 2 * np.sqrt(np.clip(eig, 0, None)).sum(1))
+    return out
+
+
+def _check(models: Mapping[str, Moments], real: Moments) -> None:
+    for name, m in models.items():
+        if m.n.shape != real.n.shape or m.s1.shape[-1] != real.s1.shape[-1]:
+            raise MetagenError(f"{name}: its units {m.n.shape} x {m.s1.shape[-1]}-d do not pair with the real "
+                               f"images' {real.n.shape} x {real.s1.shape[-1]}-d")
+
+
+def pooled_fid(model: Moments, real: Moments) -> float:
+    """The evaluation's FID from the units: pooled over classes, averaged over repeats."""
+    _check({"model": model}, real)
+    return float(_fids({"m": model}, real, np.ones((1, real.n.shape[1])))["m"].mean())
+
+
+def bootstrap_fids(models: Mapping[str, Moments], real: Moments, samples: int, seed: int,
+                   block_bytes: float = 64e6) -> dict[str, np.ndarray]:
+    """Each model's FID under ``samples`` paired resamplings of classes and repeats: [samples]."""
+    _check(models, real)
+    repeats, classes = real.n.shape
+    d = real.s1.shape[-1]
+    rng = np.random.default_rng(seed)
+    class_draws = rng.integers(0, classes, (samples, classes))
+    repeat_draws = rng.integers(0, repeats, (samples, repeats))
+    weights = np.stack([np.bincount(row, minlength=classes) for row in class_draws]).astype(np.float64)
+    repeat_w = np.stack([np.bincount(row, minlength=repeats) for row in repeat_draws]) / repeats
+    block = max(1, int(block_bytes // (8 * d * d)))
+    out = {name: np.empty(samples) for name in models}
+    for start in range(0, samples, block):
+        part = _fids(models, real, weights[start : start + block])
+        for name, per_repeat in part.items():
+            out[name][start : start + block] = (per_repeat * repeat_w[start : start + block]).sum(1)
+    return out
+
+
+@dataclass(frozen=True)
+class Interval:
+    """``fid`` - ``other_fid`` (both as evaluated) and the bootstrap interval of that difference."""
+
+    fid: float
+    other_fid: float
+    low: float
+    high: float
+    confidence: float
+
+    @property
+    def difference(self) -> float:
+        return self.fid - self.other_fid
+
+    @property
+    def relative(self) -> float:
+        return self.difference / self.other_fid if self.other_fid > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"fid": self.fid, "other_fid": self.other_fid, "difference": self.difference,
+                "low": self.low, "high": self.high, "confidence": self.confidence}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float]) -> Interval:
+        return cls(float(d["fid"]), float(d["other_fid"]), float(d["low"]), float(d["high"]),
+                   float(d["confidence"]))
+
+
+def compare(model: Moments, others: Mapping[str, Moments], real: Moments, samples: int, seed: int,
+            confidence: float) -> dict[str, Interval]:
+    """``model``'s FID minus each other's, with the paired bootstrap interval of each difference."""
+    if not 0.5 < confidence < 1:
+        raise MetagenError(f"confidence {confidence}: expected a value in (0.5, 1)")
+    if "_model" in others:
+        raise MetagenError("'_model' is a reserved name")
+    boot = bootstrap_fids({"_model": model, **others}, real, samples, seed)
+    fid = pooled_fid(model, real)
+    out = {}
+    for name, m in others.items():
+        diff = boot["_model"] - boot[name]
+        low, high = np.quantile(diff, [1 - confidence, confidence])
+        out[name] = Interval(fid, pooled_fid(m, real), float(low), float(high), confidence)
+    return out
+
+
+@dataclass(frozen=True)
+class FidUnits:
+    """What a later paired comparison needs of an evaluation: the gated model's features and the
+    held-out real features, per (repeat, class), under one extractor and protocol."""
+
+    extractor: str
+    protocol: str
+    model: Units
+    real: Units
+
+
+def _pack(units: Units) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.array([[len(u) for u in r] for r in units], np.int64)
+    return np.concatenate([np.asarray(u, np.float32) for r in units for u in r]), counts
+
+
+def _unpack(flat: np.ndarray, counts: np.ndarray) -> list[list[np.ndarray]]:
+    bounds = np.concatenate([[0], np.cumsum(counts.ravel())])
+    parts = [flat[bounds[i] : bounds[i + 1]] for i in range(counts.size)]
+    return [parts[r * counts.shape[1] : (r + 1) * counts.shape[1]] for r in range(counts.shape[0])]
+
+
+def save_units(path: Any, units: FidUnits) -> None:
+    from components.atomic import atomic_file
+
+    model, model_n = _pack(units.model)
+    real, real_n = _pack(units.real)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, model=model, model_n=model_n, real=real, real_n=real_n,
+                                digests=np.array([units.extractor, units.protocol]))
+
+
+def load_units(path: Any) -> FidUnits:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            extractor, protocol = (str(s) for s in z["digests"])
+            return FidUnits(extractor, protocol, _unpack(z["model"], z["model_n"]), _unpack(z["real"], z["real_n"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise MetagenError(f"{path}: not a FID units file ({err}); evaluate again") from None
