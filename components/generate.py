@@ -32,9 +32,9 @@ def load_pyfunc(model_uri: str):  # noqa: ANN201
     except MlflowException as err:
         text = str(err)
         if "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "alias" in text.lower():
-            raise MetagenError(
-                f"no model at {model_uri}: nothing has been promoted to champion yet (run `metagen run`)"
-            ) from None
+            from components.registry import missing_model
+
+            raise missing_model(model_uri) from None
         raise MetagenError(f"cannot load {model_uri}: {err.message}") from None
 
 

@@ -105,8 +105,24 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
 
 
 # --- loading --------------------------------------------------------------------------------------
-def _champion_missing(uri: str) -> MetagenError:
-    return MetagenError(f"no model at {uri}: nothing has been promoted to champion yet (run `metagen run`)")
+def missing_model(uri: str) -> MetagenError:
+    """No model at ``uri``: one line that says so and, when versions exist, names the newest, what
+    the gate decided and why, and how to use it anyway."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = uri.removeprefix("models:/").split("@")[0].split("/")[0]
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        versions = []
+    if not versions:
+        return MetagenError(f"no model at {uri}: nothing has been promoted to champion yet (run `metagen run`)")
+    newest = max(versions, key=lambda v: int(v.version))
+    why = newest.tags.get("gate.failed") or newest.tags.get("gate.reason") or "not gated yet"
+    return MetagenError(f"no model at {uri}: nothing has been promoted to champion yet; the newest version, "
+                        f"v{newest.version}, was {newest.tags.get('gate.decision', 'not gated')} by the gate "
+                        f"({why}); to use it anyway: --model models:/{name}/{newest.version}")
 
 
 def download_model(uri: str, dst: Path) -> Path:
@@ -117,7 +133,7 @@ def download_model(uri: str, dst: Path) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as err:
         if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "not found" in str(err).lower():
-            raise _champion_missing(uri) from None
+            raise missing_model(uri) from None
         raise MetagenError(f"cannot load {uri}: {err.message}") from None
 
 

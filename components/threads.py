@@ -35,9 +35,22 @@ def threads_beside_training(params: Params, local: bool, streams: int) -> int:
     return max(1, int((cpus - training_cpus_here(params)) // streams))
 
 
+def figure_threads(params: Params, otherwise: int = 0) -> int:
+    """The torch threads of work whose result is a figure (a training, a fine-tuning, a score):
+    ``train.num_threads``, fixed (1 by default), since the thread count changes the order of float
+    sums and a training amplifies that: an extractor trained with 1 thread and with 2 differ, and
+    every FID with it. 0 (opt-in): ``otherwise`` (0: the process's default), faster on large
+    machines, the figures then depending on the machine."""
+    return params.train.num_threads or otherwise
+
+
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """This process's torch intra-op threads set to ``threads`` for the block, then restored."""
+    """This process's torch intra-op threads set to ``threads`` for the block, then restored
+    (0: left as they are)."""
+    if threads <= 0:
+        yield
+        return
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 ERROR_TAG = "metagen.error"
 TABLE_FILE = "eval/rows.json"
 
+# the MLflow UI opens an experiment on its runs for this kind (without it: on the GenAI overview)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
 
 def configure(params: Params, root: Path) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; return its id."""
@@ -38,11 +41,13 @@ def configure(params: Params, root: Path) -> str:
     name = params.registry.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND[0]) is None:  # made before metagen set it, or by hand
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:"):
         artifact_location = (Path(root).resolve() / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    return mlflow.create_experiment(name, artifact_location=artifact_location, tags=dict([EXPERIMENT_KIND]))
 
 
 def lineage_tags(params: Params, data_version: dict[str, Any]) -> dict[str, str]:

@@ -16,6 +16,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from components.meta.trainer import (
 )
 from components.models.vae import VAEConfig
 from components.params import Params, validate_params
+from components.threads import figure_threads
 from components.timing import phase
 from components.evaluation.parallel import Mapper, mapper_for
 
@@ -190,7 +193,7 @@ def _init_ray(params: Params) -> None:
 def eval_mapper(params: Params) -> Mapper:
     """Where the evaluation runs: spread over the Ray cluster this run trains on (``eval.distributed``),
     or in this process."""
-    return mapper_for(params.eval.distributed, lambda: init_ray(params))
+    return mapper_for(params.eval.distributed, lambda: init_ray(params), figure_threads(params))
 
 
 def build_trainer(params: Params, prepared_dir: Path, storage_path: Path, name: str,
@@ -219,18 +222,76 @@ def build_trainer(params: Params, prepared_dir: Path, storage_path: Path, name: 
     )
 
 
+def _progress_callback(queue: Any) -> Any:
+    """A Ray Train callback (it runs in the Train controller, wherever that is) that forwards rank
+    0's reports to ``queue`` (a :class:`ray.util.queue.Queue`) for the driver to show."""
+    from ray.train import UserCallback
+
+    class ForwardReports(UserCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if metrics:
+                queue.put_nowait(dict(metrics[0]))
+
+    return ForwardReports()
+
+
+@contextmanager
+def _shown_progress(total: int, show: bool) -> Iterator[list[Any]]:
+    """While Ray trains: step, loss, validation, steps/s and time left in the terminal, from the
+    workers' reports; yields the callbacks to give the trainer."""
+    if not show:
+        yield []
+        return
+    from ray.util.queue import Empty, Queue
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    queue, done = Queue(actor_options={"num_cpus": 0}), threading.Event()
+    columns = [TextColumn("meta-train (Ray Train)"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
+
+    def follow(bar: Progress, task: Any) -> None:
+        first: tuple[int, float] | None = None
+        shown: dict[str, str] = {}
+        while not done.is_set():
+            try:
+                record = queue.get(timeout=0.5)
+            except Empty:
+                continue
+            step, now = int(record.get("step", 0)), time.perf_counter()
+            first = first or (step, now)
+            if "train_loss" in record:
+                shown["loss"] = f"loss {record['train_loss']:.2f}"
+            if "val_loss" in record:
+                shown["val"] = f"val -ELBO {record['val_loss']:.1f}"
+            if now > first[1]:
+                shown["rate"] = f"{(step - first[0]) / (now - first[1]):.2f} steps/s"
+            bar.update(task, completed=step, info="  ".join(shown.values()))
+
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("train", total=total, info="starting the worker group")
+        thread = threading.Thread(target=follow, args=(bar, task), name="train-progress", daemon=True)
+        thread.start()
+        try:
+            yield [_progress_callback(queue)]
+        finally:
+            done.set()
+            thread.join(5)
+            queue.shutdown()
+
+
 def train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: str | None = None,
-                      placement_strategy: str = "PACK") -> TrainResult:
-    """Fit with Ray Train and copy the final checkpoint to ``out_dir`` (same layout as ``train_local``)."""
+                      placement_strategy: str = "PACK", progress: bool = True) -> TrainResult:
+    """Fit with Ray Train and copy the final checkpoint to ``out_dir`` (same layout as ``train_local``);
+    ``progress``: the workers' reports shown in the terminal as they come."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     with phase("ray start-up", "overhead"):
         init_ray(params)
     name = name or f"metagen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    trainer = build_trainer(params, prepared_dir, Path(params.train.storage_path), name,
-                            placement_strategy=placement_strategy)
     try:
-        with phase("ray train fit"):
+        with phase("ray train fit"), _shown_progress(params.train.steps, progress) as callbacks:
+            trainer = build_trainer(params, prepared_dir, Path(params.train.storage_path), name,
+                                    callbacks=callbacks, placement_strategy=placement_strategy)
             result = trainer.fit()
     except TrainingFailedError as err:
         raise MetagenError(f"Ray Train run {name!r} failed after {params.train.max_failures} retries: {err}") from None

@@ -222,6 +222,9 @@ def run(
     for condition in d["reason"].split("; "):
         console.print(f"  - {escape(condition)}")
     console.print(f"champion now: v{d['champion_after']}; MLflow run {out['run_id']}; took {time.perf_counter() - start:.0f} s")
+    if d["decision"] != "promoted":
+        console.print(f"v{d['version']} is registered but not champion (the conditions marked FAIL above); to use it "
+                      f"anyway: metagen generate --support DIR --model models:/{out['model_name']}/{d['version']}")
     console.print(f"artifacts: {', '.join(out['files'])}")
     uri = out["tracking_uri"]
     if not uri.startswith(("http://", "https://")):

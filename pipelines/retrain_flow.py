@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 
 from components.params import Params, with_updates
 from components.evaluation.report import run_summary
-from components.threads import threads_beside_training
+from components.threads import figure_threads, threads_beside_training
 from components.timing import phase
 from components.tracking import describe_run, lineage_tags, run_url, tracked_run, tracking_uri, version_url
 from pipelines.common import finish_timings, publish_artifacts, rename_flow_run, resolve, run_name, start_timings
@@ -38,10 +38,10 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
             trained_with = with_updates(params, best["best_config"])
         # the references do not need the model: the extractor and `pretrain` train side by side
         # meanwhile, then the baselines are scored, each on the cores the training leaves
-        beside = threads_beside_training(trained_with, local, streams=2)
+        beside = figure_threads(trained_with, threads_beside_training(trained_with, local, streams=2))
         features = [feature_extractor.submit(root, beside)] if trained_with.eval.extractor == "domain" else []
         pretrained = pretrain_baseline.submit(root, trained_with, beside)
-        references = reference_scores.submit(root, trained_with, threads_beside_training(trained_with, local, streams=1),
+        references = reference_scores.submit(root, trained_with, figure_threads(trained_with, threads_beside_training(trained_with, local, streams=1)),
                                              wait_for=[*features, pretrained])
         with phase("train"):
             trained = train(root, local=local, run_id=run_id, params=trained_with)

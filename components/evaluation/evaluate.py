@@ -41,6 +41,7 @@ from components.meta.learner import MetaLearner
 from components.meta.trainer import vae_config
 from components.models.vae import ConvVAE, VAEConfig, param_dict
 from components.params import EvalParams, Params
+from components.threads import figure_threads, torch_threads
 from components.timing import phase
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ UNITS_FILE = "fid_units.npz"
 def build_domain_features(params: Params, prepared_dir: Path, features_dir: Path) -> dict[str, Any]:
     """The dvc.yaml ``features`` stage: train the domain CNN on meta-train classes, write it + metrics."""
     train = load_split(prepared_dir, "train")
-    net, metrics = ex.fit_domain_extractor(train.images, train.labels, params.eval.feature_steps, params.train.seed)
+    net, metrics = ex.fit_domain_extractor(train.images, train.labels, params.eval.feature_steps, params.train.seed,
+                                           threads=figure_threads(params))
     meta = {"channels": int(train.images.shape[1]), "num_classes": len(train.classes), "classes": train.classes}
     ex.save_domain_extractor(features_dir / DOMAIN_FILE, net, meta)
     metrics["digest"] = ex.DomainExtractor(net).digest
@@ -97,8 +99,9 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model
     log.info("training the pretrain baseline (%d Adam steps on all meta-train images)", params.train.pretrain_steps)
-    model, _ = pretrain_vae(cfg, train.images, params.train.pretrain_steps, params.train.pretrain_batch_size,
-                            params.eval.pretrain_lr, params.train.seed)
+    with torch_threads(figure_threads(params)):
+        model, _ = pretrain_vae(cfg, train.images, params.train.pretrain_steps, params.train.pretrain_batch_size,
+                                params.eval.pretrain_lr, params.train.seed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         torch.save(model.state_dict(), tmp)

@@ -24,6 +24,7 @@ from torchvision.models.inception import inception_v3
 
 from components.atomic import atomic_file
 from components.errors import MetagenError
+from components.threads import torch_threads
 
 log = logging.getLogger(__name__)
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -153,8 +154,15 @@ def load_domain_extractor(path: Path) -> DomainExtractor:
 
 
 def fit_domain_extractor(train_images: np.ndarray, train_labels: np.ndarray, steps: int, seed: int,
-                         holdout: float = 0.2) -> tuple[DomainCNN, dict]:
-    """Train on meta-train classes, holding out ``holdout`` of each class's images for accuracy."""
+                         holdout: float = 0.2, threads: int = 0) -> tuple[DomainCNN, dict]:
+    """Train on meta-train classes, holding out ``holdout`` of each class's images for accuracy;
+    with ``threads`` torch threads (0: the process's): the weights depend on the thread count."""
+    with torch_threads(threads):
+        return _fit_domain_extractor(train_images, train_labels, steps, seed, holdout)
+
+
+def _fit_domain_extractor(train_images: np.ndarray, train_labels: np.ndarray, steps: int, seed: int,
+                          holdout: float) -> tuple[DomainCNN, dict]:
     rng = np.random.default_rng(seed)
     test_mask = np.zeros(len(train_labels), dtype=bool)
     for c in np.unique(train_labels):

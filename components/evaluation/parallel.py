@@ -26,10 +26,18 @@ class Mapper(Protocol):
 
 
 class LocalMapper:
+    """In this process, with ``threads`` torch threads (0: as the process has them)."""
+
     name = "in-process"
 
+    def __init__(self, threads: int = 0) -> None:
+        self.threads = threads
+
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any]) -> list[Any]:
-        return [fn(shared, item) for item in items]
+        from components.threads import torch_threads
+
+        with torch_threads(self.threads):
+            return [fn(shared, item) for item in items]
 
 
 def _run_chunk(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], threads: int) -> list[Any]:
@@ -40,12 +48,13 @@ def _run_chunk(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any],
 class RayMapper:
     """Items in chunks (about ``chunks_per_cpu`` per CPU of the cluster; chunk i holds every n-th
     item from the i-th) as Ray tasks of ``cpus_per_task`` CPUs; ``shared`` (models, data) goes to the
-    object store once. The results come back in the items' order."""
+    object store once, each task runs ``threads`` torch threads (0: one per CPU it holds). The
+    results come back in the items' order."""
 
     name = "ray"
 
-    def __init__(self, cpus_per_task: float = 1.0, chunks_per_cpu: int = 2) -> None:
-        self.cpus_per_task, self.chunks_per_cpu = cpus_per_task, chunks_per_cpu
+    def __init__(self, cpus_per_task: float = 1.0, chunks_per_cpu: int = 2, threads: int = 0) -> None:
+        self.cpus_per_task, self.chunks_per_cpu, self.threads = cpus_per_task, chunks_per_cpu, threads
 
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any]) -> list[Any]:
         import ray
@@ -56,7 +65,7 @@ class RayMapper:
         n_chunks = min(len(items), max(1, int(cpus / self.cpus_per_task) * self.chunks_per_cpu))
         remote = ray.remote(num_cpus=self.cpus_per_task, max_retries=2)(_run_chunk)
         ref = ray.put(shared)
-        threads = max(1, int(self.cpus_per_task))
+        threads = self.threads or max(1, int(self.cpus_per_task))
         # strided, not contiguous: items come grouped by generator, whose costs differ (a `scratch`
         # class trains 200 steps, a replayed one none), and contiguous chunks left one CPU idle
         futures = [remote.remote(fn, ref, list(items[i::n_chunks]), threads) for i in range(n_chunks)]
@@ -66,12 +75,13 @@ class RayMapper:
         return out
 
 
-def mapper_for(distributed: bool, connect: Callable[[], None]) -> Mapper:
-    """Ray when ``distributed`` (``connect`` joins or starts the cluster first), else in-process."""
+def mapper_for(distributed: bool, connect: Callable[[], None], threads: int = 0) -> Mapper:
+    """Ray when ``distributed`` (``connect`` joins or starts the cluster first), else in-process;
+    ``threads``: each item's torch threads (0: the default of where it runs)."""
     if not distributed:
-        return LocalMapper()
+        return LocalMapper(threads)
     from components.timing import phase
 
     with phase("ray start-up", "overhead"):
         connect()
-    return RayMapper()
+    return RayMapper(threads=threads)

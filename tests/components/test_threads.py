@@ -56,3 +56,32 @@ def test_a_stage_command_runs_with_the_thread_count(tmp_path: Path, monkeypatch:
     (root / "threads.txt").unlink()
     dvc_repro(root, "probe")
     assert (root / "threads.txt").read_text() == "unset"
+
+
+_FEATURES = """
+import sys
+from pathlib import Path
+from components.evaluation.evaluate import build_domain_features
+from tests.conftest import make_params
+params = make_params("eval.feature_steps=60", f"train.num_threads={sys.argv[2]}")
+print(build_domain_features(params, Path(sys.argv[1]), Path(sys.argv[3]))["digest"])
+"""
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_the_extractor_is_the_same_whatever_the_threads_of_the_process(digits_prepared: Path, tmp_path: Path,
+                                                                        threads: int) -> None:
+    """``train.num_threads`` (1 by default) fixes the torch threads of every training: the same
+    data and code give the same extractor in a process whose default is 1 thread or 2 (0: the
+    process's default, whose figures may move with it)."""
+    digests = []
+    for omp in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": omp}
+        out = subprocess.run([sys.executable, "-c", _FEATURES, str(digits_prepared), str(threads), str(tmp_path / omp)],
+                             env=env, capture_output=True, text=True, timeout=300, check=True,
+                             cwd=Path(__file__).parents[2])
+        digests.append(out.stdout.split()[-1])
+    if threads:
+        assert digests[0] == digests[1]
+    else:
+        assert digests[0] != digests[1]  # why the threads are fixed: the default moves the weights

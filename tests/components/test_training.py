@@ -21,7 +21,8 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def test_two_workers_with_a_killed_one_resume_to_the_in_process_run(ray_cluster: object, tmp_path: Path,
-                                                                     digits_prepared: Path) -> None:
+                                                                     digits_prepared: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """One loop for both paths, and exact resumption: two data-parallel workers, the last one
     killed at step 10 and the group restarted from the step-8 checkpoint, end with the steps,
     losses and weights of the uninterrupted in-process run (val_every=3 is not a multiple of
@@ -31,6 +32,9 @@ def test_two_workers_with_a_killed_one_resume_to_the_in_process_run(ray_cluster:
     local = train_local(make_params(*common), digits_prepared, tmp_path / "local", progress=False)
     faulty = make_params(*common, "train.num_workers=2", "train.fail_at_step=10", "train.max_failures=2")
     two = train_distributed(faulty, digits_prepared, tmp_path / "two", name="fault-run")
+    shown = capsys.readouterr().out  # the terminal followed the workers' reports
+    assert "meta-train (Ray Train)" in shown and "12/12" in shown and "steps/s" in shown, shown
+    assert "loss " in shown and "val -ELBO " in shown, shown
 
     run_dir = tmp_path / "ray" / "fault-run"
     assert (run_dir / ".fault_injected").is_file()

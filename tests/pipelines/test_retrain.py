@@ -48,7 +48,7 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
     assert "eval.support.fid_mean" in run.data.metrics and "train_loss" in run.data.metrics
     for metric in ("eval.prior.nll_mean", "eval.support.copy_rate", "eval.support.precision", "extractor.heldout_accuracy"):
         assert metric in run.data.metrics, metric
-    assert "first champion" in mv.description
+    assert "no champion yet" in mv.description
     assert len(client.get_metric_history(first["run_id"], "train_loss")) >= 2
     artifacts = {f.path for f in client.list_artifacts(first["run_id"], "eval")}
     assert {"eval/eval.json", "eval/grid_meta_support.png", "eval/fid.png", "eval/loss.png"} <= artifacts
@@ -95,6 +95,10 @@ def _check_dashboards(url: str, out: dict, client) -> None:  # noqa: ANN001
     api = f"{url}/api/2.0/mlflow"
     run = requests.get(f"{api}/runs/get", params={"run_id": out["run_id"]}, timeout=10).json()["run"]
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    # the experiment opens on its training runs, not on the GenAI overview
+    exp = requests.get(f"{api}/experiments/get", params={"experiment_id": run["info"]["experiment_id"]},
+                       timeout=10).json()["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
     # the data as a dataset input whose digest is the DVC md5 of data.dvc
     (inp,) = run["inputs"]["dataset_inputs"]
     assert inp["dataset"]["digest"] == out["data"]["raw_md5"] and inp["dataset"]["source_type"] == "dvc"
@@ -150,6 +154,22 @@ def test_generate_without_champion_is_a_clear_error(mlflow_srv, project: Path, t
                          capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert "nothing has been promoted to champion yet" in res.stdout
+
+    # after a rejection: the newest version named, with why, and how to use it anyway
+    from mlflow import MlflowClient
+
+    name, _ = registry_names(project)
+    client = MlflowClient(mlflow_srv[1])
+    client.create_registered_model(name)
+    run = client.create_run(client.create_experiment(f"{name}-rejected"))
+    v = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
+    client.set_model_version_tag(name, v, "gate.decision", "rejected")
+    client.set_model_version_tag(name, v, "gate.failed", "FID 9.00 vs pretrain (support) 8.00: worse")
+    res = subprocess.run([METAGEN, "generate", "--support", str(tmp_path / "s")], cwd=project,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "\n" not in res.stdout.strip(), res.stdout
+    assert (f"the newest version, v{v}, was rejected by the gate (FID 9.00 vs pretrain (support) 8.00: worse); "
+            f"to use it anyway: --model models:/{name}/{v}") in " ".join(res.stdout.split())
 
 
 def test_failed_step_marks_the_run_failed(prefect_api: str, mlflow_srv, project: Path, tmp_path: Path) -> None:  # noqa: ANN001
