@@ -62,9 +62,10 @@ def ray_start_cluster(tmp_path: Path) -> Iterator[str]:
                         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                         f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                        env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run([str(BIN / "ray"), "start", f"--address={address}", "--num-cpus=1",
-                        "--node-ip-address=127.0.0.1"],
-                       env={**env, "RAY_AUTH_MODE": "token"}, check=True, capture_output=True, timeout=180)
+        joined = subprocess.run([str(BIN / "ray"), "start", f"--address={address}", "--num-cpus=1",
+                                 "--node-ip-address=127.0.0.1"],
+                                env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=180)
+        assert joined.returncode == 0, f"the worker node did not join: {joined.stdout[-2000:]} {joined.stderr[-2000:]}"
         yield address
     finally:
         _stop_processes_mentioning(temp_dir, f"--port={client} ")
