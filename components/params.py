@@ -75,6 +75,13 @@ class ModelParams(_Section):
     context_dim: int = Field(ge=0)
     kl_weight: float = Field(default=1.0, gt=0, le=1)  # beta of the set-VAE's training objective (baselines: 1)
     support_attention: bool = False  # the set-VAE's decoder attends over the supports' feature maps
+    binarize: bool = False  # binary pixels, drawn with each grey level's probability: anew in training, once for evaluation
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelParams:
+        if self.binarize and self.likelihood != "bernoulli":
+            raise ValueError("model.binarize needs model.likelihood bernoulli (the likelihood of binary pixels)")
+        return self
 
 
 class MetaParams(_Section):

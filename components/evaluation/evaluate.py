@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from components.atomic import atomic_file, write_text_atomic
+from components.data.binarize import binarized_split
 from components.data.prepare import Split, load_split, read_manifest
 from components.evaluation import extractors as ex
 from components.evaluation.pictures import fid_bar_chart, loss_curve, sample_grid, save_grid, selection_chart
@@ -63,6 +64,22 @@ def build_domain_features(params: Params, prepared_dir: Path, features_dir: Path
     return metrics
 
 
+def eval_split(prepared_dir: Path, name: str, params: Params) -> Split:
+    """A split the evaluation scores on: with ``model.binarize``, binarized once (seeded by
+    ``eval.seed``), so that every model adapts to and is scored on the same binary images."""
+    split = load_split(prepared_dir, name)
+    return binarized_split(split, params.eval.seed) if params.model.binarize else split
+
+
+def nll_meaning(likelihood: str, binarized: bool) -> str:
+    """What the table's NLL column is, said with it: only some settings make it a likelihood."""
+    if likelihood == "bernoulli":
+        return ("-log p(x) of the binarized held-out images, nats per image (a likelihood)" if binarized else
+                "Bernoulli cross-entropy of grey-level images, nats per image: not the likelihood of a distribution "
+                "over them (set model.binarize for one)")
+    return "-log density of the held-out images under a Gaussian decoder, nats per image (a density, not comparable with discrete likelihoods)"
+
+
 def load_extractor(params: Params, features_dir: Path) -> tuple[ex.FeatureExtractor, float | None]:
     """The configured extractor and (domain) its held-out accuracy; refuses one too weak to trust.
 
@@ -92,6 +109,7 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
     key = hashlib.sha256(json.dumps({
         "data": data_key, "vae": cfg.__dict__, "steps": params.train.pretrain_steps,
         "batch": params.train.pretrain_batch_size, "lr": params.eval.pretrain_lr, "seed": params.train.seed,
+        **({"binarize": True} if params.model.binarize else {}),  # (absent when off: the caches made before it hold)
     }, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"pretrain-{key}.pt"
     model = ConvVAE(cfg)
@@ -101,7 +119,7 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
     log.info("training the pretrain baseline (%d Adam steps on all meta-train images)", params.train.pretrain_steps)
     with torch_threads(figure_threads(params)):
         model, _ = pretrain_vae(cfg, train.images, params.train.pretrain_steps, params.train.pretrain_batch_size,
-                                params.eval.pretrain_lr, params.train.seed)
+                                params.eval.pretrain_lr, params.train.seed, params.model.binarize)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         torch.save(model.state_dict(), tmp)
@@ -249,10 +267,10 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
     """The references' scores, computed once per :func:`baselines_key` and cached in ``cache_dir``
     (what `metagen run` starts while the meta-model trains)."""
     ev = params.eval
-    train, val, test = (load_split(prepared_dir, s) for s in ("train", "val", "test"))
+    train, val, test = load_split(prepared_dir, "train"), eval_split(prepared_dir, "val", params), eval_split(prepared_dir, "test", params)
     test = select_classes(test, ev.max_classes, ev.seed)
     manifest = read_manifest(prepared_dir)
-    protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
+    protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"], params.model.binarize)
     extractor, _ = load_extractor(params, features_dir)
     plain = baseline_vae_config(params, train)
     path = cache_dir / f"baselines-{baselines_key(params, manifest, protocol, extractor.digest, plain)}.pt"
@@ -323,9 +341,9 @@ def evaluate(
     ``baselines=False``: the meta-model alone."""
     ev = params.eval
     with phase("load data and extractor"):
-        test = select_classes(load_split(prepared_dir, "test"), ev.max_classes, ev.seed)
+        test = select_classes(eval_split(prepared_dir, "test", params), ev.max_classes, ev.seed)
         manifest = read_manifest(prepared_dir)
-        protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"])
+        protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"], params.model.binarize)
         extractor, extractor_acc = load_extractor(params, features_dir)
     references = Scores([], {}, {}, {})
     if baselines:
@@ -334,7 +352,7 @@ def evaluate(
     meta = MetaGenerator(learner, rule)
     meta_choice = {"lr": rule.finetune_lr, "temperature": rule.temperature, "candidates": []}
     if choose:
-        meta, meta_choice = choose_meta_settings(meta, choice_classes(load_split(prepared_dir, "val"), ev),
+        meta, meta_choice = choose_meta_settings(meta, choice_classes(eval_split(prepared_dir, "val", params), ev),
                                                  extractor, protocol, params.registry.max_copy_rate, mapper)
     rule = meta.rule
     scores = score(meta, references, test, extractor, protocol, cache_dir / "fid-stats", mapper)
@@ -349,6 +367,7 @@ def evaluate(
         chart = selection_chart(out_dir / "selection.png", selection, params.registry.max_copy_rate)
         pictures += [chart] if chart is not None else []
     report = {
+        "nll": nll_meaning(params.model.likelihood, params.model.binarize),
         "protocol": {"digest": protocol.digest, **ev.model_dump(mode="json"), "k_shot": params.meta.k_shot,
                      "test_classes": test.classes},
         "extractor": {"name": extractor.name, "digest": extractor.digest, "heldout_accuracy": extractor_acc},

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from components.data.binarize import binarize
 from components.data.prepare import Split
 from components.errors import MetagenError
 from components.evaluation.extractors import FeatureExtractor, accuracy, train_classifier
@@ -44,6 +45,7 @@ class Protocol:
     eval: EvalParams
     k_shot: int
     test_sha256: str
+    binarized: bool = False  # the evaluation's images binarized once (model.binarize)
 
     @property
     def digest(self) -> str:
@@ -57,7 +59,8 @@ class Protocol:
 
     def _digest(self, include: set[str]) -> str:
         fields = self.eval.model_dump(mode="json", include=include)
-        blob = json.dumps({"eval": fields, "k_shot": self.k_shot, "test": self.test_sha256}, sort_keys=True)
+        blob = json.dumps({"eval": fields, "k_shot": self.k_shot, "test": self.test_sha256,
+                           **({"binarized": True} if self.binarized else {})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -173,6 +176,7 @@ class ClassJob:
     nll_proposal_scales: tuple[float, ...]
     seed: int
     nll_seed: int
+    binary: bool = False         # the scored images are binary: samples are Bernoulli draws of the decoder's means
 
 
 @dataclass
@@ -195,8 +199,12 @@ def adapt_class(gens: Sequence[FewShotGenerator], job: ClassJob) -> ClassResult:
                               job.nll_proposal_scales)
     after = torch_gen.get_state()
     with phase("sample"):
-        samples = {(mode, t): adapted.sample(job.samples, mode, torch.Generator().set_state(after), t)
-                   for mode, t in job.variants}
+        samples = {}
+        for mode, t in job.variants:
+            gen_t = torch.Generator().set_state(after)
+            samples[(mode, t)] = adapted.sample(job.samples, mode, gen_t, t)
+            if job.binary:  # compared with binary images, as binary images (the model's distribution)
+                samples[(mode, t)] = binarize(samples[(mode, t)], gen_t)
     return ClassResult(nll, samples)
 
 
@@ -263,7 +271,7 @@ def run_generators(
         ClassJob(g, torch.from_numpy(split.images[ep.supports[c]]),
                  torch.from_numpy(split.images[ep.heldout[c][: ev.nll_max_images]]) if score_nll else None,
                  ev.samples_per_class, variants[g], ev.nll_samples, tuple(ev.nll_proposal_scales),
-                 class_seed(seed, c), nll_seed(seed, c))
+                 class_seed(seed, c), nll_seed(seed, c), protocol.binarized)
         for g in range(len(gens)) for seed, ep in zip(seeds, episodes, strict=True) for c in range(n_classes)
     ]
     with phase("adapt and sample"):

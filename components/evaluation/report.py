@@ -23,6 +23,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{len(report['protocol']['test_classes'])} test classes, extractor {ext['name']} {ext['digest']}"
         + (f" with held-out accuracy {acc:.3f}" if acc is not None else "")
         + f", protocol {report['protocol']['digest']})",
+        *([f"NLL: {report['nll']}."] if report.get("nll") else []),
         "",
         "| model | sampling | adapt steps | fine-tune lr | temperature | NLL (nats) ↓ | FID ↓ | KID ↓ | precision ↑ | "
         "recall ↑ | density ↑ | coverage ↑ | copy rate ↓ | augmentation acc ↑ |",

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from components.data.binarize import binarize
 from components.meta.adaptation import AdaptationRule, finetune
 from components.meta.learner import MetaLearner
 from components.models.vae import ConvVAE, Params, VAEConfig, build_vae, iwae_nll, param_dict, sample
@@ -181,9 +182,10 @@ class FinetuneGenerator:
 
 
 def pretrain_vae(
-    cfg: VAEConfig, images: np.ndarray, steps: int, batch_size: int, lr: float, seed: int
+    cfg: VAEConfig, images: np.ndarray, steps: int, batch_size: int, lr: float, seed: int, binary: bool = False,
 ) -> tuple[ConvVAE, list[float]]:
-    """The ``pretrain`` baseline: one VAE trained on all meta-train images (Adam, seeded)."""
+    """The ``pretrain`` baseline: one VAE trained on all meta-train images (Adam, seeded;
+    ``binary``: each batch a fresh binary draw, as the meta-model's tasks)."""
     model = build_vae(cfg, seed)
     data = torch.from_numpy(images)
     gen = torch.Generator().manual_seed(seed)
@@ -192,7 +194,8 @@ def pretrain_vae(
     for step in range(steps):
         idx = torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen)
         eps = torch.randn(len(idx), cfg.latent_dim, generator=gen)
-        loss = model(data[idx], eps).mean() / model.num_pixels
+        x = binarize(data[idx], gen) if binary else data[idx]
+        loss = model(x, eps).mean() / model.num_pixels
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

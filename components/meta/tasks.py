@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from components.data.binarize import binarize
 from components.data.prepare import Split
 from components.errors import DataError
 
@@ -55,7 +56,8 @@ class TaskBatch:
 
 class TaskSampler:
     def __init__(self, split: Split, k_shot: int, k_query: int, latent_dim: int, inner_steps: int, seed: int,
-                 rotate_classes: bool = False, context_dropout: float = 0.0, rotate_until: int | None = None) -> None:
+                 rotate_classes: bool = False, context_dropout: float = 0.0, rotate_until: int | None = None,
+                 binarize: bool = False) -> None:
         self.per_class = [torch.from_numpy(np.ascontiguousarray(a)) for a in split.by_class()]
         too_small = [split.classes[i] for i, a in enumerate(self.per_class) if len(a) < k_shot + k_query]
         if too_small:
@@ -68,6 +70,7 @@ class TaskSampler:
         self.rotate_classes = rotate_classes
         self.rotate_until = rotate_until  # steps from here on draw upright classes (None: rotate throughout)
         self.context_dropout = context_dropout
+        self.binarize = binarize  # every task's images a fresh binary draw (dynamic binarization)
 
     def sample(self, step: int, batch_size: int) -> TaskBatch:
         rng = np.random.default_rng([self.seed, step])
@@ -91,5 +94,8 @@ class TaskSampler:
         keep = None
         if self.context_dropout > 0:  # drawn last: without dropout the batch is what it always was
             keep = torch.from_numpy((rng.random(batch_size) >= self.context_dropout).astype(np.float32))
-        return TaskBatch(torch.stack(sup), torch.stack(qry), eps_inner, eps_query, tuple(int(c) for c in classes),
-                         keep)
+        support, query = torch.stack(sup), torch.stack(qry)
+        if self.binarize:  # after every other draw: without it the batch is what it always was
+            pixels = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+            support, query = binarize(support, pixels), binarize(query, pixels)
+        return TaskBatch(support, query, eps_inner, eps_query, tuple(int(c) for c in classes), keep)

@@ -38,12 +38,13 @@ def make_sampler(params: Params, split: Split, seed: int, training: bool = True)
     """Meta-training's tasks (rotated classes until ``meta.upright_steps`` before the end, context
     dropout), or with ``training=False`` validation's: upright classes and their full context, the
     tasks the evaluation and the users give."""
-    meta = params.meta
+    meta, binary = params.meta, params.model.binarize
     if not training:
-        return TaskSampler(split, meta.k_shot, meta.k_query, params.model.latent_dim, meta.inner_steps, seed)
+        return TaskSampler(split, meta.k_shot, meta.k_query, params.model.latent_dim, meta.inner_steps, seed,
+                           binarize=binary)
     return TaskSampler(split, meta.k_shot, meta.k_query, params.model.latent_dim, meta.inner_steps, seed,
                        rotate_classes=meta.rotate_classes, context_dropout=meta.context_dropout,
-                       rotate_until=max(params.train.steps - meta.upright_steps, 0))
+                       rotate_until=max(params.train.steps - meta.upright_steps, 0), binarize=binary)
 
 
 def train_step(learner: MetaLearner, batch: TaskBatch, rank: int = 0, world: int = 1,

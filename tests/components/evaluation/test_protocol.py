@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -216,3 +217,16 @@ def test_the_baselines_settings_choice_is_cached_apart_from_what_it_does_not_rea
     assert _cached_choice(choice, ["pretrain", "scratch"]) is None
     choice.write_text(json.dumps({"pretrain": made["pretrain"]}))
     assert _cached_choice(choice, ["pretrain", "scratch"]) is None
+
+
+def test_with_binarize_the_evaluation_scores_binary_images_under_its_own_digest(digits_prepared: Path) -> None:
+    from components.evaluation.evaluate import eval_split, nll_meaning
+
+    grey, binary = make_params(*TINY), make_params(*TINY, "model.binarize=true")
+    test = eval_split(digits_prepared, "test", binary)
+    assert set(np.unique(test.images)) == {0.0, 1.0}
+    assert np.array_equal(test.images, eval_split(digits_prepared, "test", binary).images)  # fixed
+    assert len(np.unique(eval_split(digits_prepared, "test", grey).images)) > 2
+    sha = read_manifest(digits_prepared)["splits"]["test"]["sha256"]
+    assert Protocol(binary.eval, 5, sha, binarized=True).digest != Protocol(grey.eval, 5, sha).digest
+    assert "a likelihood" in nll_meaning("bernoulli", True) and "not the likelihood" in nll_meaning("bernoulli", False)
