@@ -27,6 +27,7 @@ log = logging.getLogger("metagen")
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a value: key.path=value")]
 ProjectOpt = Annotated[Path, typer.Option("--project-dir", help="repository root (DVC and git)")]
+MAX_GENERATE = 1024  # images one `generate` writes into one grid (held in memory at once)
 
 
 @app.callback()
@@ -255,7 +256,7 @@ def _print_timings(summary: dict, path: str) -> None:
 def generate(
     support: Annotated[Path, typer.Option(help="folder of K support images of the new class")],
     model: Annotated[Optional[str], typer.Option(help="registry URI (default: the champion of registry.model_name)")] = None,
-    n: Annotated[int, typer.Option(help="images to generate")] = 16,
+    n: Annotated[int, typer.Option(min=1, max=MAX_GENERATE, help="images to generate")] = 16,
     out: Annotated[Path, typer.Option(help="PNG grid to write")] = Path("grid.png"),
     params_path: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -298,13 +299,17 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(2)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """A command-line usage error (unknown command or option, a bad value): typer raises the
+    ClickException of the click it vendors (typer._click), older typers click's own."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "show")
 
 
 if __name__ == "__main__":

@@ -114,3 +114,21 @@ def test_non_finite_float_params_are_refused(value: str) -> None:
     """`--set meta.inner_lr=.inf` trained on NaN losses and exited 0: refused, naming the key."""
     res = metagen("train", "--local", "--set", f"meta.inner_lr={value}")
     assert res.returncode == 2 and "meta.inner_lr" in res.stdout and "finite" in res.stdout.lower()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ((), "Usage: metagen"),                                       # bare: the help, no traceback
+    (("foo",), "No such command 'foo'"),
+    (("train", "--no-such-option"), "No such option: --no-such-option"),
+    (("generate",), "Missing option '--support'"),
+    (("generate", "--support", ".", "--n", "abc"), "Invalid value for '--n': Input should be a valid integer"),
+    (("generate", "--support", ".", "--n", "0"), "Invalid value for '--n': Input should be greater than or equal to 1"),
+    (("generate", "--support", ".", "--n", "-3"), "Invalid value for '--n': Input should be greater than or equal to 1"),
+    (("generate", "--support", ".", "--n", "100000"), "Invalid value for '--n': Input should be less than or equal to 1024"),
+])
+def test_usage_errors_are_a_message_not_a_traceback(args: tuple[str, ...], expected: str) -> None:
+    res = metagen(*args)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "Traceback" not in out and "NoArgsIsHelpError" not in out, out
+    assert expected in " ".join(out.split()), out
