@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,10 +64,18 @@ def ray_start_cluster(tmp_path: Path) -> Iterator[str]:
                         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                         f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                        env=env, check=True, capture_output=True, timeout=180)
-        joined = subprocess.run([str(BIN / "ray"), "start", f"--address={address}", "--num-cpus=1",
-                                 "--node-ip-address=127.0.0.1"],
-                                env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=180)
-        assert joined.returncode == 0, f"the worker node did not join: {joined.stdout[-2000:]} {joined.stderr[-2000:]}"
+        failures = []
+        for _ in range(2):  # the join failed at set-up twice in ~10 full runs, never alone: one more try
+            joined = subprocess.run([str(BIN / "ray"), "start", f"--address={address}", "--num-cpus=1",
+                                     "--node-ip-address=127.0.0.1"],
+                                    env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=180)
+            if joined.returncode == 0:
+                break
+            failures.append(f"{joined.stdout[-1500:]} {joined.stderr[-1500:]}")
+            time.sleep(3)
+        assert joined.returncode == 0, "the worker node did not join: " + " | ".join(failures)
+        if failures:
+            warnings.warn(f"the worker node joined at the second try; the first: {failures[0]}", stacklevel=1)
         yield address
     finally:
         _stop_processes_mentioning(temp_dir, f"--port={client} ")
