@@ -27,7 +27,7 @@ import torch.distributed as dist
 from components.data.prepare import load_split
 from components.errors import MetagenError, ServerUnreachable
 from components.net import check_ray_address, ray_address
-from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint, training_folder
 from components.meta.learner import MetaLearner
 from components.meta.trainer import (
     Shard,
@@ -283,6 +283,12 @@ def train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: s
                       placement_strategy: str = "PACK", progress: bool = True) -> TrainResult:
     """Fit with Ray Train and copy the final checkpoint to ``out_dir`` (same layout as ``train_local``);
     ``progress``: the workers' reports shown in the terminal as they come."""
+    with training_folder(out_dir):
+        return _train_distributed(params, prepared_dir, out_dir, name, placement_strategy, progress)
+
+
+def _train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: str | None, placement_strategy: str,
+                       progress: bool) -> TrainResult:
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     with phase("ray start-up", "overhead"):

@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from components.atomic import atomic_file
-from components.errors import CheckpointError
+from components.errors import CheckpointError, MetagenError
 
 FORMAT = 1
 FILENAME = "checkpoint.pt"
+LOCKFILE = ".training.lock"
+
+
+@contextmanager
+def training_folder(folder: Path) -> Iterator[Path]:
+    """The folder a training writes its checkpoint to, held for the training alone: a second one
+    (a scheduled retrain beside a manual run) would overwrite the first one's result. An OS lock
+    (``flock``): released when the holder exits, even killed, so a crash leaves nothing to clean."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCKFILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "an unknown process"
+            raise MetagenError(f"{folder} is in use by another training ({holder}): wait for it to finish, or "
+                               "give this one another folder (--set train.checkpoint_dir=...)") from None
+        os.ftruncate(fd, 0)
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        os.pwrite(fd, f"pid {os.getpid()}, `{command}`, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from torchvision.utils import make_grid
 
 from components.data.prepare import Split, load_split
 from components.errors import CheckpointError, TrainingError
-from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint, training_folder
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner, Reducer
 from components.meta.tasks import TaskBatch, TaskSampler
@@ -270,6 +270,12 @@ def train_local(
 ) -> TrainResult:
     """Meta-train for ``train.steps`` steps in this process, resuming from ``out_dir`` if it holds
     a checkpoint of the same params. ``stop_after`` ends early (tests of resumption)."""
+    with training_folder(out_dir):
+        return _train_local(params, prepared_dir, out_dir, progress, stop_after, on_metrics)
+
+
+def _train_local(params: Params, prepared_dir: Path, out_dir: Path, progress: bool, stop_after: int | None,
+                 on_metrics: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
     train_split = load_split(prepared_dir, "train")

@@ -132,3 +132,19 @@ def test_usage_errors_are_a_message_not_a_traceback(args: tuple[str, ...], expec
     assert res.returncode == 2, out
     assert "Traceback" not in out and "NoArgsIsHelpError" not in out, out
     assert expected in " ".join(out.split()), out
+
+
+def test_a_second_training_in_the_same_folder_refuses_and_names_the_first(tmp_path: Path) -> None:
+    """A scheduled retrain beside a manual one: both would write checkpoints/checkpoint.pt, and one
+    result would be lost without a word. The second refuses, naming the run that holds the folder."""
+    from components.meta.checkpoint import training_folder
+
+    folder = tmp_path / "checkpoints"
+    with training_folder(folder):
+        res = metagen("train", "--local", "--params", str(PROJECT / "params.yaml"), "--project-dir", str(tmp_path))
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"{folder} is in use by another training (pid {os.getpid()}" in out, out
+    assert "train.checkpoint_dir" in out and "Traceback" not in res.stdout + res.stderr
+    with training_folder(folder):  # released: a later run takes it
+        pass
