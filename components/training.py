@@ -251,7 +251,7 @@ def _shown_progress(total: int, show: bool) -> Iterator[list[Any]]:
 
     def follow(bar: Progress, task: Any) -> None:
         first: tuple[int, float] | None = None
-        shown: dict[str, str] = {}
+        shown = dict.fromkeys(("loss", "val", "rate"), "")  # shown in this order
         while not done.is_set():
             try:
                 record = queue.get(timeout=0.5)
@@ -265,7 +265,7 @@ def _shown_progress(total: int, show: bool) -> Iterator[list[Any]]:
                 shown["val"] = f"val -ELBO {record['val_loss']:.1f}"
             if now > first[1]:
                 shown["rate"] = f"{(step - first[0]) / (now - first[1]):.2f} steps/s"
-            bar.update(task, completed=step, info="  ".join(shown.values()))
+            bar.update(task, completed=step, info="  ".join(v for v in shown.values() if v))
 
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("train", total=total, info="starting the worker group")
