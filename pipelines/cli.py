@@ -222,7 +222,8 @@ def run(
     console.print(f"model [bold]{out['model_name']}[/] v{d['version']}: [bold]{d['decision']}[/]")
     for condition in d["reason"].split("; "):
         console.print(f"  - {escape(condition)}")
-    console.print(f"champion now: v{d['champion_after']}; MLflow run {out['run_id']}; took {time.perf_counter() - start:.0f} s")
+    champion = f"v{d['champion_after']}" if d["champion_after"] else "none"
+    console.print(f"champion now: {champion}; MLflow run {out['run_id']}; took {time.perf_counter() - start:.0f} s")
     if d["decision"] != "promoted":
         console.print(f"v{d['version']} is registered but not champion (the conditions marked FAIL above); to use it "
                       f"anyway: metagen generate --support DIR --model models:/{out['model_name']}/{d['version']}")

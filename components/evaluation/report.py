@@ -51,6 +51,7 @@ def gate_markdown(decision: str, reason: str) -> str:
 def run_summary(report: dict[str, Any], decision: dict[str, Any], model_name: str) -> str:
     """A retrain run's description: the comparison with every baseline, then the gate."""
     verdict = ("promoted to `champion`" if decision["decision"] == "promoted"
-               else f"not promoted (champion stays v{decision['champion_after']})")
+               else f"not promoted (champion stays v{decision['champion_after']})" if decision["champion_after"]
+               else "not promoted (no champion yet)")
     return "\n".join([f"## {model_name} v{decision['version']}: {verdict}", "", markdown_table(report),
                       gate_markdown(decision["decision"], decision["reason"])])
