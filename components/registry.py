@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from components.audit import Move, history, record_move
 from components.errors import MetagenError
 from components.evaluation.report import gate_markdown
 from components.meta.adaptation import AdaptationRule
@@ -207,8 +208,24 @@ def _set_alias(client: Any, name: str, alias: str, version: str) -> None:
     _write(client.set_registered_model_alias, name, alias, version)
 
 
-def reconcile(client: Any, name: str, key: str, attempts: int = 10) -> str | None:
-    """Make ``champion`` the eligible version with the lowest FID (ties: the older one)."""
+def move_champion(client: Any, name: str, before: str | None, after: str, decision: str, reason: str,
+                  run_id: str | None) -> Move:
+    """``champion`` to ``after`` and ``previous`` to ``before``, recorded in the audit trail."""
+    _set_alias(client, name, CHAMPION, after)
+    try:
+        if before is not None:
+            _set_alias(client, name, PREVIOUS, before)
+    except Exception:
+        if before is not None:  # put champion back: a failure leaves the aliases as they were
+            _set_alias(client, name, CHAMPION, before)
+        raise
+    return record_move(client, name, CHAMPION, before, after, decision, reason, run_id)
+
+
+def reconcile(client: Any, name: str, key: str, reason: str = "", run_id: str | None = None,
+              attempts: int = 10) -> str | None:
+    """Make ``champion`` the eligible version with the lowest FID (ties: the older one);
+    ``reason``, ``run_id``: the gate's, recorded with the move."""
     for _ in range(attempts):
         eligible = _eligible(client, name, key)
         current = _alias_version(client, name, CHAMPION)
@@ -217,15 +234,48 @@ def reconcile(client: Any, name: str, key: str, attempts: int = 10) -> str | Non
         best = str(eligible[0][1])
         if current == best:
             return best
-        _set_alias(client, name, CHAMPION, best)
-        try:
-            if current is not None:
-                _set_alias(client, name, PREVIOUS, current)
-        except Exception:
-            if current is not None:  # put champion back: a failure leaves the aliases as they were
-                _set_alias(client, name, CHAMPION, current)
-            raise
+        move_champion(client, name, current, best, "promoted", f"lowest FID of the eligible versions; {reason}", run_id)
     return _alias_version(client, name, CHAMPION)
+
+
+def rollback(name: str, to: str | None, reason: str) -> Move:
+    """``champion`` back to ``previous`` (or version ``to``), recorded; the version it leaves is no
+    longer eligible, so that a later gate's reconcile does not promote it again."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        current = _alias_version(client, name, CHAMPION)
+        if current is None:
+            raise MetagenError(f"model {name} has no champion to roll back")
+        target = to or _alias_version(client, name, PREVIOUS)
+        if target is None:
+            raise MetagenError(f"model {name}: v{current} is champion and no version is `previous`; name one: --to N")
+        if str(target) == current:
+            raise MetagenError(f"model {name}: v{target} is already champion")
+        try:
+            client.get_model_version(name, str(target))
+        except MlflowException:
+            raise MetagenError(f"model {name} has no version {target}") from None
+        why = reason or f"rolled back from v{current}"
+        for tag, value in client.get_model_version(name, current).tags.items():
+            if tag.startswith("gate.eligible ") and value == "true":
+                _write(client.set_model_version_tag, name, current, tag, "false")
+        _write(client.set_model_version_tag, name, current, "gate.rolled_back", why[:5000])
+        return move_champion(client, name, current, str(target), "rollback", why, None)
+    except MlflowException as err:
+        raise MetagenError(f"cannot roll back {name}'s champion: {err.message}") from None
+
+
+def alias_history(name: str) -> list[Move]:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return history(MlflowClient(), name)
+    except MlflowException as err:
+        raise MetagenError(f"cannot read {name}'s history: {err.message}") from None
 
 
 @dataclass(frozen=True)
@@ -270,7 +320,7 @@ def promote(
     after = before
     if verdict.passed:
         _write(client.set_model_version_tag, name, version, eligible_key(key), "true")
-        after = reconcile(client, name, key)
+        after = reconcile(client, name, key, verdict.reason, client.get_model_version(name, version).run_id)
         if after != version:  # a better version raced this one
             other = float(client.get_model_version(name, after).tags.get(key, "nan"))
             verdict = verdict.plus(Condition(f"v{after} (FID {other:.2f}) became champion first", False))

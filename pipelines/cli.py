@@ -275,6 +275,45 @@ def generate(
 
 
 @app.command()
+def rollback(
+    to: Annotated[Optional[int], typer.Option("--to", min=1, help="the version to make champion (default: `previous`)")] = None,
+    reason: Annotated[str, typer.Option(help="why, kept in the audit trail")] = "",
+    params_path: ParamsOpt = Path("params.yaml"),
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Move `champion` back to `previous` (or --to N), recorded in the audit trail (`metagen history`)."""
+    params = _load(project_dir / params_path, None)
+    from components.registry import rollback as roll_back
+    from components.tracking import configure
+
+    configure(params, project_dir)
+    move = roll_back(params.registry.model_name, None if to is None else str(to), reason)
+    console.print(f"{params.registry.model_name}: champion v{move.before} -> v{move.after} ({move.reason}), by {move.user}")
+
+
+@app.command()
+def history(
+    params_path: ParamsOpt = Path("params.yaml"),
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Every move of the `champion` alias: when, from which version to which, the decision and why, who, the run."""
+    from rich.table import Table
+
+    params = _load(project_dir / params_path, None)
+    from components.registry import alias_history
+    from components.tracking import configure
+
+    configure(params, project_dir)
+    t = Table(title=f"{params.registry.model_name}: alias moves", title_justify="left")
+    for column in ("time (UTC)", "alias", "from", "to", "decision", "user", "run", "reason"):
+        t.add_column(column)
+    for m in alias_history(params.registry.model_name):
+        t.add_row(m.time[:19], m.alias, f"v{m.before}" if m.before else "–", f"v{m.after}", m.decision, m.user,
+                  (m.run_id or "–")[:8], escape(m.reason))
+    console.print(t)
+
+
+@app.command()
 def schedule(
     params_path: ParamsOpt = Path("params.yaml"),
     project_dir: ProjectOpt = Path("."),

@@ -303,3 +303,34 @@ def test_tracking_server_gone_mid_run_is_one_line_naming_server_and_step(mlflow_
     message = str(err.value)
     assert f"MLflow tracking server {url} unreachable while logging the training" in message
     assert "\n" not in message and "metagen promote" in message
+
+
+def test_rollback_and_the_audit_trail(mlflow_srv, name: str) -> None:  # noqa: ANN001
+    import mlflow
+
+    from components.registry import alias_history, rollback
+
+    _, url = mlflow_srv
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    v1, v2, v3 = _versions(url, name, 3)
+    gate(name, v1, 10.0)
+    gate(name, v2, 5.0)
+    move = rollback(name, None, "v2 draws blank images")
+    assert (move.before, move.after, move.decision, move.reason) == (v2, v1, "rollback", "v2 draws blank images")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url, url)
+    assert _champion(url, name) == v1 and client.get_model_version_by_alias(name, "previous").version == v2
+    assert client.get_model_version(name, v2).tags["gate.rolled_back"] == "v2 draws blank images"
+    # a later gate does not bring the rolled-back version back, though its FID (5) is the lowest
+    assert gate(name, v3, 7.0).decision == "promoted" and _champion(url, name) == v3
+    moves = alias_history(name)
+    assert [(m.before, m.after, m.decision) for m in moves] == [
+        (None, v1, "promoted"), (v1, v2, "promoted"), (v2, v1, "rollback"), (v1, v3, "promoted")]
+    assert all(m.user and m.time.endswith("Z") for m in moves)
+    assert moves[1].run_id and "vs champion v1" in moves[1].reason  # the gate's run and its reason
+    with pytest.raises(MetagenError, match="has no version 99"):
+        rollback(name, "99", "")
+    with pytest.raises(MetagenError, match=f"v{v3} is already champion"):
+        rollback(name, v3, "")

@@ -82,6 +82,14 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
         # make_grid: 8 per row (5 supports + 16 samples = 21 -> 3 rows) of 28 px with 2 px padding
         assert img.size == (8 * 30 + 2, 3 * 30 + 2)
 
+    # the audit trail: the one move (v1 promoted), with its reason; no `previous` to roll back to
+    res = subprocess.run([METAGEN, "history"], cwd=project, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"v{d1['version']}" in res.stdout and "promoted" in res.stdout and "no champion yet" in res.stdout
+    res = subprocess.run([METAGEN, "rollback"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no version is `previous`; name one: --to N" in " ".join(res.stdout.split())
+
 
 def _check_dashboards(url: str, out: dict, client) -> None:  # noqa: ANN001
     """What a user sees in the MLflow UI, read through the tracking server's REST API, and in the
