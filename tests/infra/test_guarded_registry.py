@@ -90,3 +90,14 @@ def test_only_the_pipeline_user_moves_champion(auth_server, monkeypatch: pytest.
     _as(monkeypatch, url, pipeline)
     assert gate(NAME, v2, 5.0, rules).decision == "promoted"
     assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == v2
+
+    # a rollback goes through the same credentials: the reader is refused, the pipeline's user moves it
+    from components.errors import MetagenError
+    from components.registry import alias_history, rollback
+
+    _as(monkeypatch, url, reader)
+    with pytest.raises(MetagenError, match="cannot roll back .*(PERMISSION_DENIED|Permission denied)"):
+        rollback(NAME, None, "")
+    _as(monkeypatch, url, pipeline)
+    assert rollback(NAME, None, "drill").after == v1
+    assert [(m.after, m.decision, m.user) for m in alias_history(NAME)][-1] == (v1, "rollback", pipeline[0])
