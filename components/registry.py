@@ -106,6 +106,18 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
 
 
 # --- loading --------------------------------------------------------------------------------------
+def champion_tags(name: str) -> tuple[str, dict[str, str]] | None:
+    """The champion's version and tags (None: no champion yet)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        v = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return str(v.version), dict(v.tags)
+
+
 def missing_model(uri: str) -> MetagenError:
     """No model at ``uri``: one line that says so and, when versions exist, names the newest, what
     the gate decided and why, and how to use it anyway."""

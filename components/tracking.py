@@ -58,6 +58,16 @@ def lineage_tags(params: Params, data_version: dict[str, Any]) -> dict[str, str]
     return tags
 
 
+LINEAGE = ("data.raw_md5", "git.commit", "params.digest")  # what a model is made of: data, code, params
+
+
+def unchanged_since(now: dict[str, str], before: dict[str, str]) -> bool:
+    """Whether ``now``'s data, code and params (lineage tags) are ``before``'s: never when the code
+    had uncommitted changes (the commit then does not say what ran)."""
+    return (now.get("git.dirty") == "False" and before.get("git.dirty") == "False"
+            and all(now.get(k) not in (None, "None") and now.get(k) == before.get(k) for k in LINEAGE))
+
+
 def log_params(client: Any, run_id: str, params: Params) -> None:
     from mlflow.entities import Param
 

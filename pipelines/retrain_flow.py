@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from pathlib import Path
+
+from prefect import flow, task
 from prefect.runtime import flow_run
 
 from components.params import Params, with_updates
 from components.evaluation.report import run_summary
 from components.threads import figure_threads, threads_beside_training
 from components.timing import phase
-from components.tracking import describe_run, lineage_tags, run_url, tracked_run, tracking_uri, version_url
-from pipelines.common import finish_timings, publish_artifacts, rename_flow_run, resolve, run_name, start_timings
+from components.registry import champion_tags
+from components.tracking import (configure, describe_run, lineage_tags, mlflow_step, run_url, tracked_run,
+                                 tracking_uri, unchanged_since, version_url)
+from pipelines.common import (finish_timings, publish_artifacts, rename_flow_run, resolve, retry_unless_user_error,
+                              run_name, start_timings)
 from pipelines.evaluate_flow import evaluate, feature_extractor, pretrain_baseline, reference_scores
 from pipelines.ingest_flow import ingest
 from pipelines.promote_flow import promote
@@ -20,9 +25,24 @@ from pipelines.train_flow import train
 from pipelines.tune_flow import tune
 
 
+@task(name="same-as-champion", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_unless_user_error)
+def same_as_champion(root: str, params: Params, data: dict[str, Any]) -> str | None:
+    """Why this run need not train (its data, code and params are the champion's), or None."""
+    name = params.registry.model_name
+    with mlflow_step("reading the champion's lineage"):
+        configure(params, Path(root))
+        champion = champion_tags(name)
+    if champion is None or not unchanged_since(lineage_tags(params, data), champion[1]):
+        return None
+    return (f"not retrained: data {str(data['raw_md5'])[:12]}, code {str(data['git_commit'])[:10]} and params "
+            f"{params.digest()} are those {name} v{champion[0]} (champion) was trained on")
+
+
 @flow(name="retrain", log_prints=True, flow_run_name=run_name("retrain"))
 def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[str] | None = None,
-            local: bool = False, params: Params | None = None) -> dict[str, Any]:
+            local: bool = False, params: Params | None = None, skip_if_unchanged: bool = False) -> dict[str, Any]:
+    """``skip_if_unchanged`` (the scheduled deployment): when the data, code and params are the
+    champion's, stop after ingest and say so."""
     start_timings()
     base, params = resolve(root, params_path, overrides, params)
     root = str(base)
@@ -30,6 +50,11 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
         data = ingest(root, params_path, overrides, params=params)
     with phase("prefect calls", "overhead"):
         flow_run_label = rename_flow_run("retrain", data.get("raw_md5"))
+    if skip_if_unchanged:
+        same = same_as_champion(root, params, data)
+        if same is not None:
+            print(same)
+            return {"skipped": same, "flow_run_name": flow_run_label, "data": data}
     with tracked_run(params, base, "retrain", data_version=data, extra_tags={"metagen.kind": "retrain"}) as run_id:
         trained_with = params
         if params.tune.enabled:

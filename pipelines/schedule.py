@@ -10,7 +10,10 @@ DEPLOYMENT = "metagen-retrain"
 
 
 def retrain_deployment(params: Params, root: str, params_path: str = "params.yaml") -> Any:
-    """The deployment object (``RunnerDeployment``) for ``retrain`` with its cron schedule."""
+    """The deployment object (``RunnerDeployment``) for ``retrain`` with its cron schedule: one run
+    at a time (a tick while a run goes on is cancelled), and a tick whose data, code and params are
+    the champion's does not train again."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     from pipelines.retrain_flow import retrain
@@ -18,7 +21,8 @@ def retrain_deployment(params: Params, root: str, params_path: str = "params.yam
     return retrain.to_deployment(
         name=DEPLOYMENT,
         schedules=[Cron(params.schedule.cron, timezone=params.schedule.timezone)],
-        parameters={"root": root, "params_path": params_path},
+        parameters={"root": root, "params_path": params_path, "skip_if_unchanged": True},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         tags=["metagen", "retrain"],
         description="Scheduled few-shot generator retraining (ingest, tune, train, evaluate, promote)",
     )

@@ -57,6 +57,11 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
 
     _check_dashboards(url, first, client)
 
+    # the scheduled run: the same data, code and params as the champion: no training, and it says so
+    same = retrain(str(project), "params.yaml", lenient, local=True, skip_if_unchanged=True)
+    assert same["skipped"].startswith("not retrained: data ") and f"v{d1['version']} (champion)" in same["skipped"]
+    assert len(client.search_model_versions(f"name='{model}'")) == 1
+
     # an impossible threshold: rejected, reason tagged, champion unchanged
     second = retrain(str(project), "params.yaml", [*TINY, "registry.fid_threshold=1e-9"], local=True)
     d2 = second["decision"]
