@@ -25,6 +25,7 @@ import torch
 
 from components.audit import Move, history, record_move
 from components.errors import MetagenError
+from components.serving.data_facts import data_facts
 from components.evaluation.report import gate_markdown
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
@@ -49,8 +50,10 @@ PYFUNC_FILE = Path(__file__).with_name("serving") / "generator_pyfunc.py"
 
 
 # --- logging the model --------------------------------------------------------------------------
-def model_config(learner: MetaLearner, rule: AdaptationRule, params: Params) -> dict[str, Any]:
+def model_config(learner: MetaLearner, rule: AdaptationRule, params: Params,
+                 facts: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
+        "data": facts,  # what it was trained on (components/serving/data_facts.py): supports far from it are warned of
         "vae": learner.model.cfg.__dict__,
         "meta": params.meta.model_dump(mode="json"),
         "adaptation": rule.to_dict(),
@@ -59,12 +62,12 @@ def model_config(learner: MetaLearner, rule: AdaptationRule, params: Params) -> 
 
 
 def log_generator(run_id: str, learner: MetaLearner, rule: AdaptationRule, params: Params,
-                  example_support: np.ndarray) -> str:
+                  example_support: np.ndarray, facts: dict[str, Any] | None = None) -> str:
     """Log the generator as a models-from-code pyfunc (weights as a state dict); return its URI."""
     import mlflow
     from mlflow.models import infer_signature
 
-    config = model_config(learner, rule, params)
+    config = model_config(learner, rule, params, facts)
     with tempfile.TemporaryDirectory(prefix="metagen-model-") as tmp:
         weights = Path(tmp) / "weights.pt"
         torch.save({"model": learner.model.state_dict(),
@@ -355,8 +358,26 @@ def register_checkpoint(run_id: str, checkpoint: Path, params: Params, prepared_
     learner = load_learner(checkpoint).learner
     test = load_split(prepared_dir, "test")
     example = test.images[test.labels == 0][: params.meta.k_shot].astype(np.float32)
-    uri = log_generator(run_id, learner, rule, params, example)
+    train = load_split(prepared_dir, "train")
+    facts = {**data_facts(train.images), "train_classes": len(train.classes)}
+    uri = log_generator(run_id, learner, rule, params, example, facts)
     return register(uri, params.registry.model_name, {**tags, "mlflow.run_id": run_id, "model_uri": uri})
+
+
+def publish_model_card(name: str, version: str, card: str) -> None:
+    """The card as the version's description and as ``model_card.md`` on the version's run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.update_model_version(name, version, description=card)
+    client.log_text(client.get_model_version(name, version).run_id, card, "model_card.md")
+
+
+def registered_facts(name: str, version: str) -> dict[str, Any] | None:
+    """The data facts a version was logged with (its model's config.json)."""
+    with tempfile.TemporaryDirectory(prefix="metagen-card-") as tmp:
+        local = download_model(f"models:/{name}/{version}", Path(tmp))
+        return json.loads(next(local.rglob("config.json")).read_text()).get("data")
 
 
 def score_registered(uri: str, params: Params, root: Path) -> FidUnits:

@@ -14,7 +14,9 @@ from components.params import Params
 from components.evaluation.bootstrap import load_units
 from components.evaluation.evaluate import UNITS_FILE
 from components.gate import GateRules
-from components.registry import champion_units, promote as apply_gate, register_checkpoint
+from components.model_card import model_card
+from components.registry import (champion_units, promote as apply_gate, publish_model_card, register_checkpoint,
+                                 registered_facts)
 from components.timing import phase
 from components.tracking import configure, mlflow_step, tracked_run
 from pipelines.common import resolve, retry_unless_user_error, run_name
@@ -46,6 +48,16 @@ def gate(root: str, params: Params, version: str, report: dict[str, Any]) -> dic
     return decision.__dict__
 
 
+@task(name="model-card", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_unless_user_error)
+def write_model_card(root: str, params: Params, version: str, run_id: str, report: dict[str, Any],
+                     decision: dict[str, Any], tags: dict[str, str]) -> None:
+    name = params.registry.model_name
+    with mlflow_step("writing the model card"):
+        configure(params, Path(root))
+        card = model_card(name, version, report, decision, tags, registered_facts(name, version), run_id)
+        publish_model_card(name, version, card)
+
+
 def version_tags(report: dict[str, Any], tags: dict[str, str] | None) -> dict[str, str]:
     """The registered version's tags: lineage plus what the evaluation compared it on."""
     return {**(tags or {}), "eval.extractor_digest": report["extractor"]["digest"],
@@ -73,5 +85,7 @@ def promote(root: str = ".", params_path: str = "params.yaml", overrides: list[s
                                      AdaptationRule.from_dict(report["adaptation"]))
         with phase("gate"):
             decision = gate(str(base), params, version, report)
+        with phase("model card", "overhead"):
+            write_model_card(str(base), params, version, run_id, report, decision, version_tags(report, tags))
     print(f"model {params.registry.model_name} v{version}: {decision['decision']} ({decision['reason']})")
     return decision

@@ -10,6 +10,7 @@ loading runs no pickled code.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import mlflow
@@ -20,6 +21,7 @@ from mlflow.pyfunc import PythonModel
 from components.meta.adaptation import AdaptationRule
 from components.meta.trainer import rebuild_learner
 from components.models.vae import param_dict
+from components.serving.data_facts import far_from_training
 
 
 class FewShotGeneratorModel(PythonModel):
@@ -39,6 +41,9 @@ class FewShotGeneratorModel(PythonModel):
         expected = (cfg["vae"]["channels"], cfg["vae"]["image_size"], cfg["vae"]["image_size"])
         if support.ndim != 4 or tuple(support.shape[1:]) != expected:
             raise ValueError(f"support images must be (K, {', '.join(map(str, expected))}), got {tuple(support.shape)}")
+        unlike = far_from_training(support.numpy(), cfg.get("data"))
+        if unlike:
+            logging.getLogger("metagen").warning("%s", unlike)
         gen = torch.Generator().manual_seed(int(p["seed"]))
         out = self.rule.generate(self.model, param_dict(self.model), self.lrs, support, int(p["n"]), gen,
                                  str(p["sampling"]))

@@ -49,6 +49,12 @@ def test_retrain_registers_gates_and_generates(prefect_api: str, mlflow_srv, pro
     for metric in ("eval.prior.nll_mean", "eval.support.copy_rate", "eval.support.precision", "extractor.heldout_accuracy"):
         assert metric in run.data.metrics, metric
     assert "no champion yet" in mv.description
+    # the version's model card: its description and an artifact of its run
+    for part in ("## What it is for", "## Data", f"raw `{mv.tags['data.raw_md5']}`", "## Limitations",
+                 "light on a dark background", f"models:/{model}/{d1['version']}", "## Promotion gate"):
+        assert part in mv.description, part
+    card = client.download_artifacts(first["run_id"], "model_card.md", str(tmp_path))
+    assert Path(card).read_text() == mv.description
     assert len(client.get_metric_history(first["run_id"], "train_loss")) >= 2
     artifacts = {f.path for f in client.list_artifacts(first["run_id"], "eval")}
     assert {"eval/eval.json", "eval/grid_meta_support.png", "eval/fid.png", "eval/loss.png"} <= artifacts

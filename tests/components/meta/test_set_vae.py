@@ -214,7 +214,8 @@ def test_trained_context_lowers_heldout_nll_of_unseen_classes() -> None:
     assert np.mean(own) < np.mean(other) - 5.0, (np.mean(own), np.mean(other))
 
 
-def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     """Meta-SGD with eval.inner_lr set and a fine-tuning lr: the protocol's class job and the
     registered pyfunc adapt by the same rule and, for the same support and seed, give the same
     samples in every mode."""
@@ -245,12 +246,17 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     run_id = mlflow.MlflowClient().create_run(mlflow.create_experiment("t", (tmp_path / "art").as_uri())).info.run_id
-    model_uri = log_generator(run_id, learner, rule, params, support.numpy())
+    from components.serving.data_facts import data_facts
+
+    model_uri = log_generator(run_id, learner, rule, params, support.numpy(), data_facts(test.images))
     served = mlflow.pyfunc.load_model(model_uri)
     for mode in ("prior", "support"):
         out = served.predict(support.numpy(), params={"n": 6, "seed": seed, "sampling": mode})
         assert np.array_equal(out, evaluated[(mode, 0.7)].numpy()), mode
     assert not np.array_equal(evaluated[("prior", 0.7)].numpy(), evaluated[("support", 0.7)].numpy())
+    assert "metagen" not in {r.name for r in caplog.records if r.levelname == "WARNING"}
+    served.predict(1.0 - support.numpy(), params={"n": 2})  # the same shapes, inverted: a warning
+    assert any("dark on a light background" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_the_rule_fine_tunes_after_its_context_steps_only_when_asked() -> None:
