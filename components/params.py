@@ -55,6 +55,7 @@ class DataParams(_Section):
     image_size: Literal[28, 32, 64]
     min_images_per_class: int = Field(ge=1)
     on_bad_image: Literal["skip", "fail"]
+    on_duplicate: Literal["skip", "fail"]
     max_image_pixels: int = Field(ge=1)
     max_archive_members: int = Field(default=100_000, ge=1)
     max_archive_bytes: int = Field(default=8 * 2**30, ge=1)

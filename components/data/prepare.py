@@ -32,8 +32,10 @@ class DecodedClasses:
     skipped: list[str] = field(default_factory=list)
     converted: dict[str, int] = field(default_factory=dict)  # conversion note -> images
     files: dict[str, dict[str, str]] = field(default_factory=dict)  # class -> sha256 of bytes -> file
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)   # class -> sha256 of bytes -> its row
     ignored: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    duplicates: list[dict[str, str]] = field(default_factory=list)  # copies left out (data.on_duplicate: skip)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,11 @@ def decode_classes(listing: FolderListing, params: DataParams, name: Callable[[s
         for path in files:
             try:
                 image, note = load_image_noted(path, params.channels, params.image_size, params.max_image_pixels)
+                digest = sha256_file(path)
+                if digest not in out.files.get(cls, {}):
+                    out.rows.setdefault(cls, {})[digest] = len(images)
                 images.append(image)
-                out.files.setdefault(cls, {}).setdefault(sha256_file(path), str(path))
+                out.files.setdefault(cls, {}).setdefault(digest, str(path))
                 if note is not None:
                     out.converted[note] = out.converted.get(note, 0) + 1
             except BadImageError as err:
@@ -82,23 +87,36 @@ def decode_classes(listing: FolderListing, params: DataParams, name: Callable[[s
     return out
 
 
-def check_disjoint(decoded: DecodedClasses, assignment: dict[str, list[str]]) -> None:
+def check_disjoint(decoded: DecodedClasses, assignment: dict[str, list[str]], policy: str = "fail") -> list[dict[str, str]]:
     """No image's bytes in two splits: a copy of a meta-train image among the test classes would
-    inflate every evaluation. A :class:`DataError` names both files."""
+    inflate every evaluation. ``policy`` fail: a :class:`DataError` names both files; skip: the
+    first copy (train, then val, then test) stays, the later ones leave their classes and are
+    returned (for the manifest)."""
     owner: dict[str, tuple[str, str]] = {}
+    removed: list[dict[str, str]] = []
     for split, classes in assignment.items():
         for cls in classes:
+            drop = []
             for digest, path in decoded.files.get(cls, {}).items():
                 if digest in owner and owner[digest][0] != split:
                     other_split, other = owner[digest]
-                    raise DataError(f"{path} (class {cls!r}, {split}) has the same bytes as {other} ({other_split}): "
-                                    "the same image would be in two splits; remove one copy")
+                    if policy == "fail":
+                        raise DataError(f"{path} (class {cls!r}, {split}) has the same bytes as {other} ({other_split}): "
+                                        "the same image would be in two splits; remove one copy, or set "
+                                        "data.on_duplicate: skip")
+                    log.warning("skipping %s: the same bytes as %s (data.on_duplicate: skip)", path, other)
+                    removed.append({"file": path, "class": cls, "split": split, "same_as": other})
+                    drop.append(decoded.rows[cls][digest])
+                    continue
                 owner.setdefault(digest, (split, path))
+            if drop:
+                decoded.arrays[cls] = np.delete(decoded.arrays[cls], drop, axis=0)
+    return removed
 
 
 def build_splits(decoded: DecodedClasses, params: DataParams) -> dict[str, Split]:
     assignment = split_classes(list(decoded.arrays), params.split)
-    check_disjoint(decoded, assignment)
+    decoded.duplicates = check_disjoint(decoded, assignment, params.on_duplicate)
     if len(assignment["train"]) < 2:
         log.warning("the meta-train split holds %d class(es) (%s): every task would come from the same class, "
                     "so nothing teaches the generator to adapt; add classes or raise data.split.fractions[0]",
@@ -132,6 +150,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict[str, Any]:
             "splits": {},
             "dropped_classes": decoded.dropped,
             "skipped_images": {"count": len(decoded.skipped), "files": decoded.skipped},
+            "skipped_duplicates": decoded.duplicates,
             "converted_images": decoded.converted,
             "ignored_non_image_files": decoded.ignored + left_out,
         }

@@ -77,8 +77,7 @@ def test_ingest_nested_tree_push_pull_and_lineage(repo: Path, tmp_path: Path) ->
     assert snapshot(repo) == before
 
     # a changed raw image changes both md5s
-    write_image(tree / "Alpha" / "char1" / "img002.png", seed=99_999)  # new pixels (a copy of another
-    # class's image would now be refused: the same bytes in two splits)
+    write_image(tree / "Alpha" / "char1" / "img002.png", seed=99_999)  # new pixels
     res = run([METAGEN, "ingest"], repo)
     assert "data changed" in res.stdout
     v2 = data_version(repo)

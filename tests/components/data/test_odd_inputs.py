@@ -62,14 +62,21 @@ def test_a_linked_class_folder_is_not_a_second_class(tmp_path: Path) -> None:
     assert {p.name for p in listing.ignored} == {"class5", "loop", "again.png"}
 
 
-def test_the_same_image_in_two_splits_is_refused(tmp_path: Path) -> None:
+def test_the_same_image_in_two_splits_is_refused_or_skipped(tmp_path: Path) -> None:
+    """Real CelebA files a few byte-identical images under two identities: ``fail`` refuses the
+    data naming both files; ``skip`` (the default) keeps the first copy and lists the others."""
     root = write_tree(tmp_path / "tree", {f"class{i}": 6 for i in range(4)})
-    params = make_params(*small_data_overrides(root))
     copied = root / "class3" / "img005.png"
     copied.write_bytes((root / "class0" / "img000.png").read_bytes())
-    with pytest.raises(DataError, match=r"same bytes as .*img00\d\.png.*two splits"):
-        prepare(root, tmp_path / "prepared", params.data)
+    strict = make_params(*small_data_overrides(root), "data.on_duplicate=fail")
+    with pytest.raises(DataError, match=r"same bytes as .*img00\d\.png.*two splits.*data.on_duplicate: skip"):
+        prepare(root, tmp_path / "prepared", strict.data)
     assert not (tmp_path / "prepared").exists()
+    manifest = prepare(root, tmp_path / "prepared", make_params(*small_data_overrides(root)).data)
+    (dup,) = manifest["skipped_duplicates"]
+    assert {Path(dup["file"]).name, Path(dup["same_as"]).name} == {"img005.png", "img000.png"}
+    counts = {c: n for s in manifest["splits"].values() for c, n in s["classes"].items()}
+    assert counts[dup["class"]] == 5 and sum(counts.values()) == 23  # one copy left out, the other kept
 
 
 def _archive_tree(tmp_path: Path) -> Path:
