@@ -3,6 +3,8 @@ context that carries the class, and a served model that samples exactly what was
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +259,20 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
     assert "metagen" not in {r.name for r in caplog.records if r.levelname == "WARNING"}
     served.predict(1.0 - support.numpy(), params={"n": 2})  # the same shapes, inverted: a warning
     assert any("dark on a light background" in r.getMessage() for r in caplog.records), caplog.text
+    # every request is checked and refused with its reason (over REST: a 400 with that message)
+    from mlflow.exceptions import MlflowException
+
+    for bad_input, bad_params, reason in [
+        (support.numpy(), {"n": 0}, "params.n: 0; expected an integer from 1 to 1024"),
+        (support.numpy(), {"n": 100_000}, "params.n: 100000"),
+        (support.numpy(), {"sampling": "both"}, "params.sampling: 'both'"),
+        (support.numpy() * 255, {}, "pixel values must be finite and in [0, 1]"),
+        (np.full_like(support.numpy(), np.nan), {}, "pixel values must be finite"),
+        (support.numpy()[:, :, :20], {}, "Shape of input (5, 1, 20, 28) does not match expected shape (-1, 1, 28, 28)"),
+    ]:
+        with pytest.raises(MlflowException, match=re.escape(reason)) as err:
+            served.predict(bad_input, params=bad_params)
+        assert err.value.get_http_status_code() == 400
 
 
 def test_the_rule_fine_tunes_after_its_context_steps_only_when_asked() -> None:
