@@ -91,9 +91,23 @@ def log_generator(run_id: str, learner: MetaLearner, rule: AdaptationRule, param
                 code_paths=[str(Path(__file__).parent)],
                 signature=signature,
                 input_example=example_support,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", f"mlflow=={mlflow.__version__}"],
+                pip_requirements=serving_requirements(),
             )
     return info.model_uri
+
+
+# what the logged code (components/, the pyfunc's imports) needs beside Python: a test checks that
+# every third-party module the served model imports is here
+SERVING_DISTRIBUTIONS = ("torch", "torchvision", "numpy", "mlflow", "pydantic", "PyYAML", "rich", "pillow",
+                         "scikit-learn")
+
+
+def serving_requirements() -> list[str]:
+    """The served model's pip requirements: the distributions it imports, at the versions it was
+    logged (and tested) with."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_DISTRIBUTIONS]
 
 
 def register(model_uri: str, name: str, tags: dict[str, str]) -> str:

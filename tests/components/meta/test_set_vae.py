@@ -4,6 +4,8 @@ context that carries the class, and a served model that samples exactly what was
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 from pathlib import Path
 
@@ -216,6 +218,22 @@ def test_trained_context_lowers_heldout_nll_of_unseen_classes() -> None:
     assert np.mean(own) < np.mean(other) - 5.0, (np.mean(own), np.mean(other))
 
 
+_SERVED_IMPORTS = """
+import ast, sys
+from importlib.metadata import packages_distributions
+import components.serving.generator_pyfunc
+dists, out = packages_distributions(), set()
+for name, mod in list(sys.modules.items()):
+    if name.startswith("components") and getattr(mod, "__file__", None):
+        for node in ast.walk(ast.parse(open(mod.__file__).read())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"components", "__future__"}:
+                out.add(",".join(sorted(d.lower() for d in dists[top])))  # the distributions that ship it
+print(" ".join(sorted(out)))
+"""
+
+
 def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """Meta-SGD with eval.inner_lr set and a fine-tuning lr: the protocol's class job and the
@@ -259,6 +277,14 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
     assert "metagen" not in {r.name for r in caplog.records if r.levelname == "WARNING"}
     served.predict(1.0 - support.numpy(), params={"n": 2})  # the same shapes, inverted: a warning
     assert any("dark on a light background" in r.getMessage() for r in caplog.records), caplog.text
+    # the logged requirements hold every third-party module the served code imports (it failed
+    # outside the project with `No module named 'rich'`)
+    imported = subprocess.run([sys.executable, "-c", _SERVED_IMPORTS], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parents[3], timeout=120).stdout.split()
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "dl"))
+    required = {re.split(r"[=<>]", line)[0].lower() for line in Path(local, "requirements.txt").read_text().split()}
+    missing = [shipped for shipped in imported if not set(shipped.split(",")) & required]
+    assert imported and not missing, missing
     # every request is checked and refused with its reason (over REST: a 400 with that message)
     from mlflow.exceptions import MlflowException
 
