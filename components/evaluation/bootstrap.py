@@ -11,15 +11,16 @@ interval: the ``[1 - confidence, confidence]`` percentiles, whose upper end is a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from components.errors import MetagenError
 
 Units = Sequence[Sequence[np.ndarray]]  # [repeat][class] -> (n, d) features
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def _pooled(m: Moments, r: int, weights: np.ndarray) -> tuple[np.ndarray, np.nda
     return mu, (cov + np.swapaxes(cov, -1, -2)) / 2
 
 
-def _fids(models: Mapping[str, Moments], real: Moments, weights: np.ndarray) -> dict[str, np.ndarray]:
+def _fids(models: Mapping[Hashable, Moments], real: Moments, weights: np.ndarray) -> dict[Hashable, np.ndarray]:
     """FID [B, R] of each model for each class weighting (``weights`` [B, C]) and repeat."""
     repeats = real.n.shape[0]
     out = {name: np.empty((len(weights), repeats)) for name in models}
@@ -73,7 +74,7 @@ def _fids(models: Mapping[str, Moments], real: Moments, weights: np.ndarray) -> 
     return out
 
 
-def _check(models: Mapping[str, Moments], real: Moments) -> None:
+def _check(models: Mapping[Hashable, Moments], real: Moments) -> None:
     for name, m in models.items():
         if m.n.shape != real.n.shape or m.s1.shape[-1] != real.s1.shape[-1]:
             raise MetagenError(f"{name}: its units {m.n.shape} x {m.s1.shape[-1]}-d do not pair with the real "
@@ -86,8 +87,8 @@ def pooled_fid(model: Moments, real: Moments) -> float:
     return float(_fids({"m": model}, real, np.ones((1, real.n.shape[1])))["m"].mean())
 
 
-def bootstrap_fids(models: Mapping[str, Moments], real: Moments, samples: int, seed: int,
-                   block_bytes: float = 64e6) -> dict[str, np.ndarray]:
+def bootstrap_fids(models: Mapping[Hashable, Moments], real: Moments, samples: int, seed: int,
+                   block_bytes: float = 64e6) -> dict[Hashable, np.ndarray]:
     """Each model's FID under ``samples`` paired resamplings of classes and repeats: [samples]."""
     _check(models, real)
     repeats, classes = real.n.shape
@@ -134,18 +135,17 @@ class Interval:
                    float(d["confidence"]))
 
 
-def compare(model: Moments, others: Mapping[str, Moments], real: Moments, samples: int, seed: int,
-            confidence: float) -> dict[str, Interval]:
+def compare(model: Moments, others: Mapping[K, Moments], real: Moments, samples: int, seed: int,
+            confidence: float) -> dict[K, Interval]:
     """``model``'s FID minus each other's, with the paired bootstrap interval of each difference."""
     if not 0.5 < confidence < 1:
         raise MetagenError(f"confidence {confidence}: expected a value in (0.5, 1)")
-    if "_model" in others:
-        raise MetagenError("'_model' is a reserved name")
-    boot = bootstrap_fids({"_model": model, **others}, real, samples, seed)
+    mine = object()  # a key no caller can pass
+    boot = bootstrap_fids({mine: model, **others}, real, samples, seed)
     fid = pooled_fid(model, real)
     out = {}
     for name, m in others.items():
-        diff = boot["_model"] - boot[name]
+        diff = boot[mine] - boot[name]
         low, high = np.quantile(diff, [1 - confidence, confidence])
         out[name] = Interval(fid, pooled_fid(m, real), float(low), float(high), confidence)
     return out

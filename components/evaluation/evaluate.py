@@ -229,13 +229,12 @@ def score(
 def fid_comparisons(scores: Scores, real: list[list[np.ndarray]], ev: EvalParams) -> list[dict[str, Any]]:
     """The meta-model's FID (in ``eval.sampling``) minus every other row's, each with its paired
     bootstrap interval (:mod:`components.evaluation.bootstrap`)."""
-    others = {f"{name}\0{mode}": Moments.of(units, f"{name} ({mode})")
+    others = {(name, mode): Moments.of(units, f"{name} ({mode})")
               for name, by_mode in scores.features.items() if name != "meta" for mode, units in by_mode.items()}
     with phase("FID bootstrap"):
         intervals = compare(Moments.of(scores.features["meta"][ev.sampling], "meta"), others,
                             Moments.of(real, "held-out images"), ev.bootstrap_samples, ev.seed, ev.confidence)
-    return [{"model": key.split("\0")[0], "sampling": key.split("\0")[1], **iv.to_dict()}
-            for key, iv in intervals.items()]
+    return [{"model": name, "sampling": mode, **iv.to_dict()} for (name, mode), iv in intervals.items()]
 
 
 BASELINES_CACHE_VERSION = 7  # bump when what score_baselines computes changes (7: the FID's bootstrap units kept)
