@@ -32,11 +32,12 @@ class GateRules:
     bootstrap_samples: int = 1000   # of the champion comparison (the baselines' come with the report)
     confidence: float = 0.95
     seed: int = 0
+    require_approval: bool = False  # a version that passes waits for a person (metagen approve)
 
     @classmethod
     def from_params(cls, registry: RegistryParams, ev: EvalParams) -> GateRules:
         return cls(ev.sampling, registry.fid_threshold, registry.max_copy_rate, registry.require_beats_baselines,
-                   registry.min_improvement, ev.bootstrap_samples, ev.confidence, ev.seed)
+                   registry.min_improvement, ev.bootstrap_samples, ev.confidence, ev.seed, registry.require_approval)
 
 
 @dataclass(frozen=True)

@@ -250,6 +250,7 @@ class RegistryParams(_Section):
     max_copy_rate: float = Field(ge=0, le=1)
     require_beats_baselines: bool
     min_improvement: float = Field(ge=0, lt=1)
+    require_approval: bool
     tracking_uri: str | None
     experiment: str
 

@@ -39,6 +39,7 @@ from components.params import Params
 log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "generator"
 CHAMPION, PREVIOUS = "champion", "previous"
+APPROVAL = "approval.status"  # pending | approved | rejected (registry.require_approval)
 MODEL_DESCRIPTION = (
     "Few-shot image generator (metagen): a set-conditioned VAE meta-learned with MAML / Reptile / "
     "Meta-SGD. It reads K images of an unseen class and generates new ones: "
@@ -189,7 +190,7 @@ def eligible_key(key: str) -> str:
     return key.replace("gate.fid ", "gate.eligible ", 1)
 
 
-def _alias_version(client: Any, name: str, alias: str) -> str | None:
+def alias_version(client: Any, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -218,7 +219,7 @@ def _is_write_conflict(err: BaseException) -> bool:
                                    "duplicate key value", "Deadlock"))
 
 
-def _write(call: Callable[..., Any], *args: str, attempts: int = 8) -> None:
+def retry_write(call: Callable[..., Any], *args: str, attempts: int = 8) -> None:
     """Run a registry write (alias or tag), retrying when a concurrent writer raced it."""
     from mlflow.exceptions import MlflowException
 
@@ -234,7 +235,7 @@ def _write(call: Callable[..., Any], *args: str, attempts: int = 8) -> None:
 
 
 def _set_alias(client: Any, name: str, alias: str, version: str) -> None:
-    _write(client.set_registered_model_alias, name, alias, version)
+    retry_write(client.set_registered_model_alias, name, alias, version)
 
 
 def move_champion(client: Any, name: str, before: str | None, after: str, decision: str, reason: str,
@@ -257,14 +258,14 @@ def reconcile(client: Any, name: str, key: str, reason: str = "", run_id: str | 
     ``reason``, ``run_id``: the gate's, recorded with the move."""
     for _ in range(attempts):
         eligible = _eligible(client, name, key)
-        current = _alias_version(client, name, CHAMPION)
+        current = alias_version(client, name, CHAMPION)
         if not eligible:
             return current
         best = str(eligible[0][1])
         if current == best:
             return best
         move_champion(client, name, current, best, "promoted", f"lowest FID of the eligible versions; {reason}", run_id)
-    return _alias_version(client, name, CHAMPION)
+    return alias_version(client, name, CHAMPION)
 
 
 def rollback(name: str, to: str | None, reason: str) -> Move:
@@ -275,10 +276,10 @@ def rollback(name: str, to: str | None, reason: str) -> Move:
 
     client = MlflowClient()
     try:
-        current = _alias_version(client, name, CHAMPION)
+        current = alias_version(client, name, CHAMPION)
         if current is None:
             raise MetagenError(f"model {name} has no champion to roll back")
-        target = to or _alias_version(client, name, PREVIOUS)
+        target = to or alias_version(client, name, PREVIOUS)
         if target is None:
             raise MetagenError(f"model {name}: v{current} is champion and no version is `previous`; name one: --to N")
         if str(target) == current:
@@ -290,8 +291,8 @@ def rollback(name: str, to: str | None, reason: str) -> Move:
         why = reason or f"rolled back from v{current}"
         for tag, value in client.get_model_version(name, current).tags.items():
             if tag.startswith("gate.eligible ") and value == "true":
-                _write(client.set_model_version_tag, name, current, tag, "false")
-        _write(client.set_model_version_tag, name, current, "gate.rolled_back", why[:5000])
+                retry_write(client.set_model_version_tag, name, current, tag, "false")
+        retry_write(client.set_model_version_tag, name, current, "gate.rolled_back", why[:5000])
         return move_champion(client, name, current, str(target), "rollback", why, None)
     except MlflowException as err:
         raise MetagenError(f"cannot roll back {name}'s champion: {err.message}") from None
@@ -331,7 +332,7 @@ def promote(
     key = fid_key(report["extractor"]["digest"], report["protocol"]["digest"])
     fid = meta_row(rows_of(report), rules.sampling).fid
     verdict = own_conditions(rows_of(report), intervals_of(report), rules)
-    before = _alias_version(client, name, CHAMPION)
+    before = alias_version(client, name, CHAMPION)
     if before is not None and before != version:
         theirs = champion_units(before)
         if (theirs.extractor, theirs.protocol) != (units.extractor, units.protocol):
@@ -339,25 +340,29 @@ def promote(
         iv = compare(Moments.of(units.model), {"champion": Moments.of(theirs.model)}, Moments.of(units.real),
                      rules.bootstrap_samples, rules.seed, rules.confidence)["champion"]
         if key not in client.get_model_version(name, before).tags:
-            _write(client.set_model_version_tag, name, before, key, repr(iv.other_fid))
-            _write(client.set_model_version_tag, name, before, eligible_key(key),
+            retry_write(client.set_model_version_tag, name, before, key, repr(iv.other_fid))
+            retry_write(client.set_model_version_tag, name, before, eligible_key(key),
                    str(iv.other_fid <= rules.fid_threshold).lower())
         verdict = verdict.plus(champion_condition(before, iv, rules))
     elif before is None:
         verdict = verdict.plus(Condition("no champion yet", True))
-    _write(client.set_model_version_tag, name, version, key, repr(fid))
+    retry_write(client.set_model_version_tag, name, version, key, repr(fid))
+    retry_write(client.set_model_version_tag, name, version, "gate.key", key)
     after = before
-    if verdict.passed:
-        _write(client.set_model_version_tag, name, version, eligible_key(key), "true")
+    if verdict.passed and rules.require_approval:  # a person decides (metagen approve): nothing moves yet
+        retry_write(client.set_model_version_tag, name, version, APPROVAL, "pending")
+    elif verdict.passed:
+        retry_write(client.set_model_version_tag, name, version, eligible_key(key), "true")
         after = reconcile(client, name, key, verdict.reason, client.get_model_version(name, version).run_id)
         if after != version:  # a better version raced this one
             other = float(client.get_model_version(name, after).tags.get(key, "nan"))
             verdict = verdict.plus(Condition(f"v{after} (FID {other:.2f}) became champion first", False))
-    decision = "promoted" if after == version else "rejected"
-    _write(client.set_model_version_tag, name, version, "gate.decision", decision)
-    _write(client.set_model_version_tag, name, version, "gate.reason", verdict.reason[:5000])
+    decision = ("promoted" if after == version else
+                "awaiting approval" if verdict.passed and rules.require_approval else "rejected")
+    retry_write(client.set_model_version_tag, name, version, "gate.decision", decision)
+    retry_write(client.set_model_version_tag, name, version, "gate.reason", verdict.reason[:5000])
     if verdict.failed:
-        _write(client.set_model_version_tag, name, version, "gate.failed", "; ".join(verdict.failed)[:5000])
+        retry_write(client.set_model_version_tag, name, version, "gate.failed", "; ".join(verdict.failed)[:5000])
     run_id = client.get_model_version(name, version).run_id
     client.update_model_version(name, version, description=gate_markdown(decision, verdict.reason)
                                 + f"\nEvaluated and logged by MLflow run `{run_id}`.\n")

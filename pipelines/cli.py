@@ -224,7 +224,10 @@ def run(
         console.print(f"  - {escape(condition)}")
     champion = f"v{d['champion_after']}" if d["champion_after"] else "none"
     console.print(f"champion now: {champion}; MLflow run {out['run_id']}; took {time.perf_counter() - start:.0f} s")
-    if d["decision"] != "promoted":
+    if d["decision"] == "awaiting approval":
+        console.print(f"v{d['version']} passed the gate and awaits approval (registry.require_approval): "
+                      f"metagen approve {d['version']} [--reject --reason TEXT]")
+    elif d["decision"] != "promoted":
         console.print(f"v{d['version']} is registered but not champion (the conditions marked FAIL above); to use it "
                       f"anyway: metagen generate --support DIR --model models:/{out['model_name']}/{d['version']}")
     console.print(f"artifacts: {', '.join(out['files'])}")
@@ -289,6 +292,29 @@ def rollback(
     configure(params, project_dir)
     move = roll_back(params.registry.model_name, None if to is None else str(to), reason)
     console.print(f"{params.registry.model_name}: champion v{move.before} -> v{move.after} ({move.reason}), by {move.user}")
+
+
+@app.command()
+def approve(
+    version: Annotated[int, typer.Argument(min=1, help="the version awaiting approval")],
+    reject_it: Annotated[bool, typer.Option("--reject", help="keep it out instead (needs --reason)")] = False,
+    reason: Annotated[str, typer.Option(help="why, kept with the version and in the audit trail")] = "",
+    params_path: ParamsOpt = Path("params.yaml"),
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Approve (or --reject) a version that passed the gate under registry.require_approval."""
+    params = _load(project_dir / params_path, None)
+    from components.approval import approve as approve_version, reject
+    from components.tracking import configure
+
+    configure(params, project_dir)
+    name = params.registry.model_name
+    if reject_it:
+        reject(name, str(version), reason)
+        console.print(f"{name} v{version}: not approved ({reason})")
+        return
+    after = approve_version(name, str(version), reason)
+    console.print(f"{name} v{version}: approved; champion now v{after}")
 
 
 @app.command()

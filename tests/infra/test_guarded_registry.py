@@ -101,3 +101,18 @@ def test_only_the_pipeline_user_moves_champion(auth_server, monkeypatch: pytest.
     _as(monkeypatch, url, pipeline)
     assert rollback(NAME, None, "drill").after == v1
     assert [(m.after, m.decision, m.user) for m in alias_history(NAME)][-1] == (v1, "rollback", pipeline[0])
+
+    # approval too: a version awaiting it cannot be approved by the reader, the pipeline's user can
+    from dataclasses import replace
+
+    from components.approval import approve
+
+    client = MlflowClient()
+    run = client.create_run(client.get_experiment_by_name("gate").experiment_id)
+    v3 = str(client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version)
+    assert gate(NAME, v3, 2.0, replace(rules, require_approval=True)).decision == "awaiting approval"
+    _as(monkeypatch, url, reader)
+    with pytest.raises(MetagenError, match="cannot approve .*(PERMISSION_DENIED|Permission denied)"):
+        approve(NAME, v3, "")
+    _as(monkeypatch, url, pipeline)
+    assert approve(NAME, v3, "checked") == v3

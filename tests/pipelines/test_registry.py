@@ -334,3 +334,40 @@ def test_rollback_and_the_audit_trail(mlflow_srv, name: str) -> None:  # noqa: A
         rollback(name, "99", "")
     with pytest.raises(MetagenError, match=f"v{v3} is already champion"):
         rollback(name, v3, "")
+
+
+def test_a_version_that_passes_waits_for_approval(mlflow_srv, name: str) -> None:  # noqa: ANN001
+    """registry.require_approval: the gate's pass moves nothing; a person approves (champion moves
+    through the same reconcile, recorded) or rejects (recorded with why)."""
+    from dataclasses import replace
+
+    import mlflow
+
+    from components.approval import approve, reject
+    from components.registry import alias_history
+
+    _, url = mlflow_srv
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    v1, v2, v3 = _versions(url, name, 3)
+    rules = replace(RULES, require_approval=True)
+    d = gate(name, v1, 10.0, rules)
+    assert d.decision == "awaiting approval" and d.champion_after is None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url, url)
+    assert not client.get_registered_model(name).aliases
+    assert approve(name, v1, "looked at the grids") == v1 and _champion(url, name) == v1
+    assert gate(name, v2, 5.0, rules).decision == "awaiting approval" and _champion(url, name) == v1
+    with pytest.raises(MetagenError, match="needs its reason"):
+        reject(name, v2, "")
+    reject(name, v2, "blurry faces")
+    assert _champion(url, name) == v1 and client.get_model_version(name, v2).tags["approval.reason"] == "blurry faces"
+    with pytest.raises(MetagenError, match=f"v{v2} is not awaiting approval \\(approval: rejected"):
+        approve(name, v2, "")
+    assert gate(name, v3, 12.0, rules).decision == "rejected"  # worse than the champion: nothing to approve
+    with pytest.raises(MetagenError, match="not awaiting approval"):
+        approve(name, v3, "")
+    moves = alias_history(name)
+    assert [(m.after, m.decision) for m in moves] == [(v1, "promoted"), (v1, f"v{v2} not approved")]
+    assert "approved by " in moves[0].reason and "looked at the grids" in moves[0].reason
