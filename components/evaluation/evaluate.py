@@ -238,7 +238,7 @@ def fid_comparisons(scores: Scores, real: list[list[np.ndarray]], ev: EvalParams
 
 
 BASELINES_CACHE_VERSION = 7  # bump when what score_baselines computes changes (7: the FID's bootstrap units kept)
-CHOICE_CACHE_VERSION = 4  # ... and this when their settings choice changes (4: the least-copying fallback of 009ef48)
+CHOICE_CACHE_VERSION = 5  # ... and this when their settings choice changes (5: the copy rate's bound decides)
 
 
 def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, extractor_digest: str,
@@ -291,7 +291,7 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
         write_text_atomic(choice_path, json.dumps(scores.selection, indent=1))
     with atomic_file(path) as tmp:
         torch.save({"rows": scores.rows, "samples": scores.samples, "selection": scores.selection,
-                    "features": {name: {mode: [[torch.from_numpy(u) for u in r] for r in units]
+                    "features": {name: {mode: [[torch.from_numpy(np.array(u)) for u in r] for r in units]
                                         for mode, units in by_mode.items()}
                                  for name, by_mode in scores.features.items()}}, tmp)
     return scores

@@ -61,11 +61,29 @@ def copy_threshold(real: np.ndarray, supports: np.ndarray, percentile: float) ->
     return float(np.percentile(nearest_distance(real, supports), percentile))
 
 
-def copy_rate(fake: list[np.ndarray], supports: list[np.ndarray], real: list[np.ndarray], percentile: float) -> float:
-    """Pooled over classes: per class, generated features, support features, held-out real features."""
-    copies, total = 0, 0
+def copy_counts(fake: list[np.ndarray], supports: list[np.ndarray], real: list[np.ndarray],
+                percentile: float) -> np.ndarray:
+    """Per class [C, 2]: how many generated images copy, of how many (features of each class's
+    generated images, its supports, its held-out real images)."""
+    out = []
     for f, s, r in zip(fake, supports, real, strict=True):
         tau = copy_threshold(r, s, percentile)
-        copies += int((nearest_distance(f, s) <= tau).sum())
-        total += len(f)
-    return copies / max(total, 1)
+        out.append((int((nearest_distance(f, s) <= tau).sum()), len(f)))
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+def copy_rate(fake: list[np.ndarray], supports: list[np.ndarray], real: list[np.ndarray], percentile: float) -> float:
+    """Pooled over classes: per class, generated features, support features, held-out real features."""
+    counts = copy_counts(fake, supports, real, percentile)
+    return float(counts[:, 0].sum() / max(int(counts[:, 1].sum()), 1))
+
+
+def copy_rate_bound(counts: np.ndarray, confidence: float, samples: int, seed: int) -> float:
+    """The pooled copy rate's one-sided upper bound at ``confidence``: a bootstrap over the classes
+    (``counts`` [C, 2] as :func:`copy_counts` gives), whose copy rates differ far more than the
+    images of one class do. A setting chosen with its point estimate just under a line lands on
+    either side of it on other classes; one chosen with this bound stays under it."""
+    counts = np.asarray(counts, dtype=np.float64).reshape(-1, 2)
+    draws = np.random.default_rng(seed).integers(0, len(counts), (samples, len(counts)))
+    rates = counts[draws, 0].sum(1) / np.maximum(counts[draws, 1].sum(1), 1)
+    return float(np.quantile(rates, confidence))

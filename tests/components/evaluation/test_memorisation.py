@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.evaluation.memorisation import balanced_prdc, copy_rate, prdc
+from components.evaluation.memorisation import balanced_prdc, copy_rate, copy_rate_bound, prdc
 from components.models.vae import VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict
 
 
@@ -60,6 +60,18 @@ def test_replaying_the_supports_copies_always_real_images_at_the_percentile() ->
     rate = copy_rate(fresh_real, supports, real, percentile=5.0)
     assert 0.02 <= rate <= 0.09, rate
     assert copy_rate(real, supports, real, percentile=5.0) == pytest.approx(0.05, abs=0.005)
+
+
+def test_copy_rate_bound_grows_with_the_spread_between_classes() -> None:
+    even = np.array([[3, 32]] * 8)  # every class copies 3 of 32
+    assert copy_rate_bound(even, 0.95, 1000, 0) == pytest.approx(3 / 32)
+    uneven = np.array([[0, 32]] * 6 + [[12, 32]] * 2)  # the same pooled rate, from two classes
+    rate = 24 / 256
+    bound = copy_rate_bound(uneven, 0.95, 1000, 0)
+    assert bound > rate + 0.05  # a choice on 8 such classes may land far above its point estimate
+    assert bound == copy_rate_bound(uneven, 0.95, 1000, 0)  # seeded
+    assert copy_rate_bound(np.array([[12, 32]] * 2 + [[0, 32]] * 6), 0.95, 1000, 0) == pytest.approx(bound, abs=0.03)
+    assert copy_rate_bound(uneven, 0.6, 1000, 0) < bound
 
 
 def test_iwae_bound_tightens_with_samples_and_one_sample_is_the_elbo() -> None:
