@@ -46,8 +46,11 @@ class SplitParams(_Section):
         return self
 
 
+EMBEDDED_SOURCES = ("omniglot", "digits")  # shipped with metagen: no data.path
+
+
 class DataParams(_Section):
-    source: Literal["digits", "image_folder", "celeba", "archive"]
+    source: Literal["omniglot", "digits", "image_folder", "celeba", "archive"]
     path: str | None = None
     raw_dir: str
     prepared_dir: str
@@ -63,7 +66,7 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> DataParams:
-        if self.source != "digits" and not self.path:
+        if self.source not in EMBEDDED_SOURCES and not self.path:
             raise ValueError(f"path is required for source {self.source!r}")
         return self
 
@@ -208,6 +211,7 @@ class EvalParams(_Section):
     nll_max_images: int = Field(ge=1)
     prdc_k: int = Field(ge=1)
     copy_percentile: float = Field(gt=0, lt=100)
+    copy_max_shift: int = Field(ge=0, le=8)
     kid_subsets: int = Field(ge=1)
     kid_subset_size: int = Field(ge=2)
     finetune_lrs: list[float]

@@ -257,6 +257,7 @@ def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, 
         "pretrain": {"steps": params.train.pretrain_steps, "batch": params.train.pretrain_batch_size,
                      "seed": params.train.seed},
         "max_copy_rate": params.registry.max_copy_rate, "modes": MODES,
+        "copy_bound": {"confidence": ev.confidence, "samples": ev.bootstrap_samples},  # the choice's rule
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -66,7 +66,7 @@ class Protocol:
 
 SCORING_FIELDS = {"seed", "repeats", "samples_per_class", "temperatures", "kid_subsets", "kid_subset_size",
                   "augment_steps", "max_classes", "nll_samples", "nll_proposal_scales", "nll_max_images", "prdc_k",
-                  "copy_percentile"}
+                  "copy_percentile", "copy_max_shift"}
 # the choice reads meta-val classes only: the meta-test subset (max_classes) is not among its inputs
 NOT_IN_CHOICE = {"repeats", "augment_steps", "nll_samples", "nll_proposal_scales", "nll_max_images", "max_classes"}
 
@@ -131,9 +131,9 @@ def score_samples(
     out.update(balanced_prdc([real_feats[h] for h in episode.heldout],
                              [fake_feats[bounds[c] : bounds[c + 1]] for c in range(len(generated))],
                              protocol.eval.prdc_k))
-    copies = copy_counts([fake_feats[bounds[c] : bounds[c + 1]] for c in range(len(generated))],
-                         [real_feats[s] for s in episode.supports], [real_feats[h] for h in episode.heldout],
-                         protocol.eval.copy_percentile)
+    copies = copy_counts([g.float() for g in generated], [torch.from_numpy(split.images[s]) for s in episode.supports],
+                         [torch.from_numpy(split.images[h]) for h in episode.heldout], protocol.eval.copy_percentile,
+                         protocol.eval.copy_max_shift)
     out["copy_rate"] = float(copies[:, 0].sum() / max(int(copies[:, 1].sum()), 1))
     out["aug_acc"] = float("nan")
     if score_aug:

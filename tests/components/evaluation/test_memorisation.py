@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from components.data.prepare import load_split
 from components.evaluation.memorisation import balanced_prdc, copy_rate, copy_rate_bound, prdc
 from components.models.vae import VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict
 
@@ -50,16 +53,37 @@ def test_balanced_prdc_does_not_depend_on_how_many_samples_are_drawn() -> None:
         balanced_prdc([real[0], real[1][:0]], [real[0], real[1]], k=2)
 
 
-def test_replaying_the_supports_copies_always_real_images_at_the_percentile() -> None:
-    classes = range(3)
-    supports = [_cloud(5, 10 + c, offset=5.0 * c) for c in classes]
-    real = [_cloud(400, 20 + c, offset=5.0 * c) for c in classes]
-    replay = [np.repeat(s, 20, axis=0) for s in supports]
-    assert copy_rate(replay, supports, real, percentile=5.0) == 1.0
-    fresh_real = [_cloud(400, 30 + c, offset=5.0 * c) for c in classes]  # unseen members of each class
-    rate = copy_rate(fresh_real, supports, real, percentile=5.0)
-    assert 0.02 <= rate <= 0.09, rate
-    assert copy_rate(real, supports, real, percentile=5.0) == pytest.approx(0.05, abs=0.005)
+def test_copies_are_caught_up_to_small_shifts_and_noise_and_real_images_at_the_percentile(digits_prepared: Path) -> None:
+    """Issue 32: in the extractor's feature space the supports moved by a pixel or with a few pixels
+    flipped went uncounted a third of the time or more; exact replay counted always."""
+    split = load_split(digits_prepared, "train")
+    rng = np.random.default_rng(0)
+    supports, real, fresh = [], [], []
+    for c in range(len(split.classes)):
+        idx = rng.permutation(np.flatnonzero(split.labels == c))
+        supports.append(torch.from_numpy(split.images[idx[:5]]))
+        real.append(torch.from_numpy(split.images[idx[5:65]]))
+        fresh.append(torch.from_numpy(split.images[idx[65:125]]))
+    gen = torch.Generator().manual_seed(0)
+
+    def rate(fake: list[torch.Tensor]) -> float:
+        return copy_rate(fake, supports, real, percentile=5.0, max_shift=2)
+
+    replay = [s.repeat(4, 1, 1, 1) for s in supports]
+    assert rate(replay) == 1.0
+    def moved(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:  # translated, the edges replicated (no wrap)
+        h, w = x.shape[-2:]
+        padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+        return padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
+
+    for dy, dx in ((1, 0), (0, -1), (2, 1), (-2, -2)):
+        assert rate([moved(s, dy, dx) for s in replay]) >= 0.95, (dy, dx)
+    flipped = [torch.where(torch.rand(s.shape, generator=gen) < 0.02, 1 - s, s) for s in replay]
+    assert rate(flipped) >= 0.95
+    noisy = [(s + 0.1 * torch.randn(s.shape, generator=gen)).clamp(0, 1) for s in replay]
+    assert rate(noisy) >= 0.95
+    assert 0.02 <= rate(fresh) <= 0.10  # unseen members of each class: about the percentile
+    assert rate(real) == pytest.approx(0.05, abs=0.02)
 
 
 def test_copy_rate_bound_grows_with_the_spread_between_classes() -> None:
