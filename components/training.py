@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -298,7 +300,12 @@ def _train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: 
         with phase("ray train fit"), _shown_progress(params.train.steps, progress) as callbacks:
             trainer = build_trainer(params, prepared_dir, Path(params.train.storage_path), name,
                                     callbacks=callbacks, placement_strategy=placement_strategy)
-            result = trainer.fit()
+            result = _interruptible_fit(trainer)
+    except KeyboardInterrupt:
+        run_dir = Path(params.train.storage_path) / name
+        if run_dir.is_dir() and not any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run that kept nothing
+        raise
     except TrainingFailedError as err:
         raise MetagenError(f"Ray Train run {name!r} failed after {params.train.max_failures} retries: {err}") from None
     if result.checkpoint is None:
@@ -314,3 +321,19 @@ def _train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: 
                     "of step %s (see %s)", name, ", ".join(map(str, resumed)), run_dir)
     return TrainResult(checkpoint=out, step=int(payload["step"]), history=list(payload["history"]),
                        grids=dict(payload.get("val_grids") or {}), resumed_from=resumed)
+
+
+def _interruptible_fit(trainer: Any) -> Any:
+    """``trainer.fit()`` whose Ctrl-C is a KeyboardInterrupt, as everywhere else. Ray Train installs
+    a SIGINT handler of its own that aborts the run and ends the process with ``sys.exit``, and
+    leaves it installed after the fit; here its exit becomes an interrupt and the previous handler
+    is back once the fit returns."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit()
+    except SystemExit as exc:
+        raise KeyboardInterrupt("Ray Train run interrupted") from exc
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -48,10 +48,11 @@ def _load(params_path: Path, overrides: list[str] | None):  # noqa: ANN202
 def _preflight(project_dir: Path, params_path: Path, overrides: list[str] | None):  # noqa: ANN202
     """Validate params and reach the configured servers before any flow starts."""
     from components.net import check_ray_address, check_reachable, ray_address, tracking_uri
-    from pipelines.runtime import check_prefect_api
+    from pipelines.runtime import check_prefect_api, detach_temporary_prefect_server
 
     params = _load(project_dir / params_path, overrides)
     check_prefect_api()
+    detach_temporary_prefect_server()
     check_reachable(tracking_uri(params, project_dir))
     address = ray_address(params)
     if address:
@@ -61,7 +62,7 @@ def _preflight(project_dir: Path, params_path: Path, overrides: list[str] | None
 
 @app.command()
 def ingest(
-    source: Annotated[Optional[str], typer.Option(help="digits | image_folder | celeba | archive")] = None,
+    source: Annotated[Optional[str], typer.Option(help="omniglot | digits | image_folder | celeba | archive")] = None,
     path: Annotated[Optional[str], typer.Option(help="the source's folder or archive")] = None,
     pull: Annotated[bool, typer.Option("--pull", help="as `metagen run` does: dvc pull if the remote has the "
                                         "committed data, else rebuild")] = False,
@@ -71,10 +72,12 @@ def ingest(
 ) -> None:
     """Data in: re-read the source into data/, `dvc add`, `dvc repro prepare`, `dvc push`; print the
     data version. `--pull`: fetch the committed data from the DVC remote instead when it is there."""
+    from components.params import EMBEDDED_SOURCES
+
     overrides = list(set_ or [])
     if source is not None:
         overrides.append(f"data.source={source}")
-        if source == "digits" and path is None:
+        if source in EMBEDDED_SOURCES and path is None:
             overrides.append("data.path=null")
     if path is not None:
         overrides.append(f"data.path={Path(path).resolve()}")
@@ -357,7 +360,7 @@ def main() -> None:
     apply_offline_defaults()
     configure_logging()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer turns Ctrl-C into exit code 130, returned here
     except MetagenError as err:
         console.print(f"[bold red]error[/]: {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -365,11 +368,25 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
+    except KeyboardInterrupt:  # outside the command (typer's own handling covers the command)
+        _interrupted()
     except Exception as exc:
         if not _is_usage_error(exc):
             raise
         exc.show()  # type: ignore[attr-defined]
         sys.exit(2)
+    if code == 130:
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: say what stopped and what was kept, exit 130 (128 + SIGINT) as shells expect."""
+    console.print("[yellow]interrupted[/]: the command stopped; finished steps keep their outputs "
+                  "(data/, prepared/, the last checkpoint of an interrupted training: `metagen train` "
+                  "resumes from it), nothing half-written was kept", highlight=False, soft_wrap=True)
+    sys.exit(130)
 
 
 def _is_usage_error(exc: BaseException) -> bool:

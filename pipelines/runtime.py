@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+from typing import Any
 
 from components.errors import MetagenError
 
@@ -69,3 +71,28 @@ def check_prefect_api(timeout: float = 5.0) -> None:
     url = os.environ.get("PREFECT_API_URL")
     if url:  # unset: Prefect starts a temporary local server
         check_health(url, "Prefect API (PREFECT_API_URL)", timeout)
+
+
+class _OwnSession:
+    """``subprocess`` as Prefect's server module sees it, its ``Popen`` starting a new session."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802 (subprocess's name)
+        return subprocess.Popen(*args, **{**kwargs, "start_new_session": True})
+
+
+def detach_temporary_prefect_server() -> None:
+    """Start Prefect's temporary local server (no PREFECT_API_URL) in a session of its own.
+
+    Ctrl-C in a terminal signals the whole foreground process group: the server died with the
+    command, and the interrupted flow then retried its calls for minutes, printing hundreds of
+    connection errors (issue 32). In its own session the server outlives the interrupt, the flow
+    run is marked crashed, and Prefect stops the server when the command exits."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api import server
+
+    server.subprocess = _OwnSession()  # type: ignore[assignment]

@@ -27,6 +27,7 @@ def training_folder(folder: Path) -> Iterator[Path]:
     (a scheduled retrain beside a manual run) would overwrite the first one's result. An OS lock
     (``flock``): released when the holder exits, even killed, so a crash leaves nothing to clean."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCKFILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -41,6 +42,9 @@ def training_folder(folder: Path) -> Iterator[Path]:
         os.pwrite(fd, f"pid {os.getpid()}, `{command}`, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         yield folder
     finally:
+        if created and [p.name for p in folder.iterdir()] == [LOCKFILE]:  # nothing written (interrupted)
+            (folder / LOCKFILE).unlink()
+            folder.rmdir()
         os.close(fd)  # closing releases the lock
 
 

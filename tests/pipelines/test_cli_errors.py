@@ -148,3 +148,38 @@ def test_a_second_training_in_the_same_folder_refuses_and_names_the_first(tmp_pa
     assert "train.checkpoint_dir" in out and "Traceback" not in res.stdout + res.stderr
     with training_folder(folder):  # released: a later run takes it
         pass
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_exits_130_and_leaves_nothing_behind(project: Path) -> None:
+    """Issue 32: Ctrl-C in `metagen train` took 234 s and printed ~400 lines of connection errors
+    (the terminal's SIGINT had stopped Prefect's temporary server too); the interrupted command
+    must exit 130, say so, and leave no server, Ray process or empty results folder."""
+    import signal
+    import time
+
+    from tests.fixtures import TINY
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}  # all local
+    env |= {"COLUMNS": "200", "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    sets = sum((["--set", o] for o in TINY), [])
+    subprocess.run([METAGEN, "ingest", *sets], cwd=project, env=env, check=True, capture_output=True, timeout=300)
+    storage = project / "ray_results"
+    proc = subprocess.Popen([METAGEN, "train", *sets, "--set", "train.steps=1000000", "--set", "train.val_every=1000",
+                             "--set", "train.checkpoint_every=1000", "--set", "train.checkpoint_dir=interrupted"],
+                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own group, as a terminal's foreground job
+    deadline = time.monotonic() + 240
+    while not (storage.is_dir() and any(storage.iterdir())) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(5)  # the workers are training
+    assert proc.poll() is None, proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Connection refused" not in out and "Traceback" not in out, out
+    time.sleep(2)
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left behind: {left}"
+    assert not (project / "interrupted").exists()  # nothing was checkpointed: no empty folder
+    assert not storage.exists() or list(storage.iterdir()) == []  # nor an empty Ray Train run
