@@ -122,8 +122,8 @@ def log_dataset(client: Any, run_id: str, params: Params, data_version: dict[str
         return
     d = params.data
     source = json.dumps({"dvc": "data.dvc", "raw_md5": digest, "prepared_md5": data_version.get("prepared_md5"),
-                         "git_commit": data_version.get("git_commit"), "path": d.path or "scikit-learn digits"})
-    dataset = Dataset(name=f"{d.source}:{Path(d.path).name if d.path else 'digits'}", digest=digest[:36],
+                         "git_commit": data_version.get("git_commit"), "path": d.path or f"embedded {d.source}"})
+    dataset = Dataset(name=f"{d.source}:{Path(d.path).name if d.path else d.source}", digest=digest[:36],
                       source_type="dvc", source=source)
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 

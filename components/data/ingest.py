@@ -21,7 +21,7 @@ import sklearn
 from components.data.dvc_ops import dvc_add, dvc_pull, dvc_push, dvc_repro
 from components.data.lineage import DataVersion, data_version, raw_md5
 from components.data.prepare import SOURCE_NOTE, build_splits, decode_classes
-from components.data.sources import materialize_source, scan_image_folder
+from components.data.sources import OMNIGLOT_ARCHIVE, materialize_source, scan_image_folder
 from components.errors import DataError
 from components.params import Params
 from components.params_file import update_params_file
@@ -104,7 +104,7 @@ def source_fingerprint(params: Params) -> str:
     if params.data.source == "digits":
         h.update(sklearn.__version__.encode())
         return h.hexdigest()[:16]
-    src = Path(params.data.path or "").expanduser()
+    src = OMNIGLOT_ARCHIVE if params.data.source == "omniglot" else Path(params.data.path or "").expanduser()
     paths = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
     for p in paths:
         st = p.stat()

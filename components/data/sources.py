@@ -1,4 +1,5 @@
-"""Data sources, all offline: scikit-learn's digits, an image folder, CelebA, an archive.
+"""Data sources, all offline: the embedded Omniglot alphabets, scikit-learn's digits, an image
+folder, CelebA, an archive.
 
 Each source becomes a *raw snapshot*: a class-per-folder tree of image files (class id = the
 folder's path relative to the root, e.g. ``Greek/character07``). That tree is what ``data/``
@@ -21,7 +22,12 @@ from sklearn.datasets import load_digits
 from components.data.archive import extract_archive
 from components.data.images import is_image_file
 from components.errors import DataError
-from components.params import DataParams
+from components.params import EMBEDDED_SOURCES, DataParams
+
+# Three alphabets of Omniglot's background set (Japanese katakana, Sanskrit, Tagalog: 106 characters,
+# 20 105x105 1-bit PNGs each; Lake et al., MIT licence in the LICENSE beside it), packed
+# deterministically (sorted members, mtime 0, gzip level 9): the default data.
+OMNIGLOT_ARCHIVE = Path(__file__).parent / "embedded" / "omniglot-dev.tar.gz"
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +180,18 @@ def _copy_listing(listing: FolderListing, dest: Path, origin: Callable[[Path], s
     return FolderListing(classes=out, ignored=listing.ignored, origins=origins)
 
 
+def _extract(archive: Path, dest: Path, params: DataParams, shown: str) -> FolderListing:
+    with tempfile.TemporaryDirectory(prefix="metagen-archive-") as tmp:
+        root = extract_archive(archive, Path(tmp), params.max_archive_members, params.max_archive_bytes)
+        return _copy_listing(scan_image_folder(root), dest, lambda p: f"{shown}:{p.relative_to(tmp).as_posix()}")
+
+
 def materialize_source(params: DataParams, dest: Path) -> FolderListing:
     """Write the configured source's raw snapshot into the empty folder ``dest``."""
     if params.source == "digits":
         return export_digits(dest)
+    if params.source == "omniglot":
+        return _extract(OMNIGLOT_ARCHIVE, dest, params, shown=OMNIGLOT_ARCHIVE.name)
     if not params.path:
         raise DataError(f"data.path: required for data.source {params.source!r}")
     src = Path(params.path).expanduser()
@@ -186,7 +200,6 @@ def materialize_source(params: DataParams, dest: Path) -> FolderListing:
     if params.source == "celeba":
         return _copy_listing(scan_celeba(src), dest)
     if params.source == "archive":
-        with tempfile.TemporaryDirectory(prefix="metagen-archive-") as tmp:
-            root = extract_archive(src, Path(tmp), params.max_archive_members, params.max_archive_bytes)
-            return _copy_listing(scan_image_folder(root), dest, lambda p: f"{src}:{p.relative_to(tmp).as_posix()}")
+        return _extract(src, dest, params, shown=str(src))
     raise DataError(f"data.source: unknown source {params.source!r}")
+

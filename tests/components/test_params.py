@@ -17,7 +17,7 @@ def write(tmp_path: Path, raw: dict) -> Path:
 
 def test_project_params_load() -> None:
     params = load_params(PROJECT / "params.yaml")
-    assert params.data.source == "digits"
+    assert params.data.source == "omniglot"  # the embedded default
     assert "meta.inner_lr" in flatten(params)
 
 
@@ -77,7 +77,7 @@ def test_update_file_keeps_comments(tmp_path: Path) -> None:
     p.write_text((PROJECT / "params.yaml").read_text())
     update_params_file(p, {"data.source": "image_folder", "data.path": "/x/y", "data.split.seed": 7})
     text = p.read_text()
-    assert "# digits | image_folder" in text
+    assert "# omniglot (embedded" in text
     params = load_params(p)
     assert (params.data.source, params.data.path, params.data.split.seed) == ("image_folder", "/x/y", 7)
     assert params.meta == load_params(PROJECT / "params.yaml").meta
@@ -104,7 +104,7 @@ def test_a_tune_trial_keeps_the_upright_share_of_training() -> None:
     params = make_params("train.steps=3900", "meta.rotate_classes=true", "meta.upright_steps=900", "tune.max_steps=130")
     trial = trial_params(params, {"meta.outer_lr": 0.002})
     assert trial.train.steps == 130 and trial.meta.upright_steps == 30 and trial.meta.outer_lr == 0.002
-    assert trial_params(make_params("tune.max_steps=50"), {}).meta.upright_steps == 0
+    assert trial_params(make_params("meta.upright_steps=0", "tune.max_steps=50"), {}).meta.upright_steps == 0
 
 
 @pytest.mark.parametrize("lrs", ["[0.0]", "[]", "[-0.001, 0.001]"])

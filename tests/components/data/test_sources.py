@@ -11,7 +11,7 @@ from PIL import Image
 from components.data.archive import extract_archive
 from components.data.images import load_image
 from components.data.prepare import build_splits, decode_classes, prepare
-from components.data.sources import export_digits, materialize_source, scan_celeba, scan_image_folder
+from components.data.sources import OMNIGLOT_ARCHIVE, export_digits, materialize_source, scan_celeba, scan_image_folder
 from components.errors import DataError
 from tests.conftest import SHARED_CELEBA, make_params, small_data_overrides, write_image, write_tree
 
@@ -143,6 +143,20 @@ def test_digits_export_deterministic(tmp_path: Path) -> None:
     assert sorted(a.classes) == [f"digit_{i}" for i in range(10)]
     first = a.classes["digit_3"][0]
     assert first.read_bytes() == (tmp_path / "b" / "digit_3" / first.name).read_bytes()
+
+
+def test_embedded_omniglot_is_the_three_alphabets_with_their_licence(tmp_path: Path) -> None:
+    listing = materialize_source(make_params("data.source=omniglot").data, tmp_path / "raw")
+    alphabets = {name.split("/")[0]: 0 for name in listing.classes}
+    for name in listing.classes:
+        alphabets[name.split("/")[0]] += 1
+    assert alphabets == {"Japanese_(katakana)": 47, "Sanskrit": 42, "Tagalog": 17}
+    assert {len(files) for files in listing.classes.values()} == {20}
+    first = listing.classes["Tagalog/character01"][0]
+    assert listing.name(str(first)).startswith("omniglot-dev.tar.gz:")
+    assert load_image(first, channels=1, size=28, max_pixels=10**6).shape == (1, 28, 28)
+    licence = (OMNIGLOT_ARCHIVE.parent / "LICENSE").read_text()
+    assert "MIT" in licence and "Brenden Lake" in licence
 
 
 def _zip_tree(tree: Path, out: Path, extra: dict[str, bytes] | None = None) -> Path:

@@ -222,7 +222,7 @@ def test_the_baselines_settings_choice_is_cached_apart_from_what_it_does_not_rea
 def test_with_binarize_the_evaluation_scores_binary_images_under_its_own_digest(digits_prepared: Path) -> None:
     from components.evaluation.evaluate import eval_split, nll_meaning
 
-    grey, binary = make_params(*TINY), make_params(*TINY, "model.binarize=true")
+    grey, binary = make_params(*TINY, "model.binarize=false"), make_params(*TINY, "model.binarize=true")
     test = eval_split(digits_prepared, "test", binary)
     assert set(np.unique(test.images)) == {0.0, 1.0}
     assert np.array_equal(test.images, eval_split(digits_prepared, "test", binary).images)  # fixed

@@ -87,7 +87,7 @@ def test_classes_rotate_until_the_upright_steps_and_validation_is_upright_with_f
     def upright(batch) -> list[bool]:  # noqa: ANN001
         return [tuple(np.round(t[0].numpy().ravel()[:8], 6)) in stored for t in batch.support]
 
-    params = make_params("meta.rotate_classes=true", "meta.upright_steps=4", "meta.context_dropout=0.5", "meta.k_query=5",
+    params = make_params("model.binarize=false", "meta.rotate_classes=true", "meta.upright_steps=4", "meta.context_dropout=0.5", "meta.k_query=5",
                          "train.steps=10")
     train = make_sampler(params, split, seed=0)
     early = [ok for step in range(6) for ok in upright(train.sample(step, 8))]
