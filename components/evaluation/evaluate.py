@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,13 @@ def nll_meaning(likelihood: str, binarized: bool) -> str:
         return ("-log p(x) of the binarized held-out images, nats per image (a likelihood)" if binarized else
                 "Bernoulli cross-entropy of grey-level images, nats per image: not the likelihood of a distribution "
                 "over them (set model.binarize for one)")
-    return "-log density of the held-out images under a Gaussian decoder, nats per image (a density, not comparable with discrete likelihoods)"
+    return ("-log P(x) of the 8-bit held-out images under the discretized Gaussian decoder, nats per image "
+            "(a likelihood), and in bits per dimension")
+
+
+def bits_per_dim(nats: float | None, dims: int) -> float | None:
+    """Nats per image -> bits per dimension (pixel and channel), as the field reports RGB likelihoods."""
+    return None if nats is None else nats / (dims * math.log(2))
 
 
 def load_extractor(params: Params, features_dir: Path) -> tuple[ex.FeatureExtractor, float | None]:
@@ -357,6 +364,10 @@ def evaluate(
     rule = meta.rule
     scores = score(meta, references, test, extractor, protocol, cache_dir / "fid-stats", mapper)
     rows = scores.rows
+    if params.model.likelihood == "gaussian":
+        dims = int(np.prod(test.images.shape[1:]))
+        rows = [{**r, "nll_bpd_mean": bits_per_dim(r["nll_mean"], dims), "nll_bpd_std": bits_per_dim(r["nll_std"], dims)}
+                for r in rows]
     out_dir.mkdir(parents=True, exist_ok=True)
     real = real_units(test, extractor.features(torch.from_numpy(test.images)), protocol)
     units_path = out_dir / UNITS_FILE

@@ -33,7 +33,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         lr = _f(r["adapt_lr"], "g")
         lines.append(
             f"| {r['model']} | {r['sampling']} | {r['adapt_steps']} | {lr} | {_f(r.get('temperature'), 'g')} | "
-            f"{_pm(r['nll_mean'], r['nll_std'], '.1f')} | "
+            f"{_pm(r['nll_mean'], r['nll_std'], '.1f')}"
+            + (f" ({_pm(r['nll_bpd_mean'], r['nll_bpd_std'], '.3f')} bits/dim)" if r.get("nll_bpd_mean") is not None else "")
+            + " | "
             f"{_pm(r['fid_mean'], r['fid_std'], '.2f')} | {_pm(r['kid_mean'], r['kid_std'], '.4f')} | "
             f"{_f(r['precision'], '.3f')} | {_f(r['recall'], '.3f')} | {_f(r['density'], '.3f')} | "
             f"{_f(r['coverage'], '.3f')} | {_f(r['copy_rate'], '.3f')} | {_pm(r['aug_acc_mean'], r['aug_acc_std'], '.3f')} |"

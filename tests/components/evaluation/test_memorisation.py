@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,22 @@ def test_iwae_bound_tightens_with_samples_and_one_sample_is_the_elbo() -> None:
     assert nll[1] == pytest.approx(elbo, rel=2e-3)  # one importance sample: the (negative) ELBO
     assert nll[100] <= nll[10] <= nll[1]
     assert nll[1] - nll[100] > 0.05  # not trivially equal
+
+
+def test_the_gaussian_decoder_gives_a_discrete_likelihood_of_8_bit_images_in_bits_per_dim() -> None:
+    """Issue 29: RGB's NLL was a Gaussian density of [0, 1] pixels, not the likelihood of 8-bit
+    images; now each pixel's probability is the Gaussian's mass over its bin (end bins to infinity)."""
+    from components.evaluation.evaluate import bits_per_dim
+    from components.models.vae import discretized_gaussian_log_prob
+
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    for mean, log_sigma in ((0.3, -2.0), (0.999, -5.0), (0.0, -1.0), (0.5, -6.0), (0.7, 0.5)):
+        logp = discretized_gaussian_log_prob(levels, torch.tensor(mean, dtype=torch.float64),
+                                             torch.tensor(log_sigma, dtype=torch.float64))
+        assert float(logp.exp().sum()) == pytest.approx(1.0, abs=1e-9)  # a distribution over the 256 levels
+        assert float(logp.max()) <= 0.0
+    model = build_vae(VAEConfig(3, 32, 4, 8, "gaussian", 4), seed=0).double()
+    x = torch.randint(0, 256, (8, 3, 32, 32), generator=torch.Generator().manual_seed(1)).double() / 255
+    nll = iwae_nll(model, param_dict(model), x, 10, torch.Generator().manual_seed(2))
+    assert bool((nll > 0).all())  # -log of a probability (a density's could be negative)
+    assert bits_per_dim(float(nll.mean()), 3 * 32 * 32) == pytest.approx(float(nll.mean()) / (3072 * math.log(2)))
