@@ -255,6 +255,7 @@ class RegistryParams(_Section):
     require_beats_baselines: bool
     min_improvement: float = Field(ge=0, lt=1)
     require_approval: bool
+    approval_wait_s: int = Field(ge=0)
     tracking_uri: str | None
     experiment: str
 

@@ -19,6 +19,7 @@ from components.registry import (champion_units, promote as apply_gate, publish_
                                  registered_facts)
 from components.timing import phase
 from components.tracking import configure, mlflow_step, tracked_run
+from pipelines.approval_flow import approval
 from pipelines.common import resolve, retry_unless_user_error, run_name
 
 
@@ -87,5 +88,14 @@ def promote(root: str = ".", params_path: str = "params.yaml", overrides: list[s
             decision = gate(str(base), params, version, report)
         with phase("model card", "overhead"):
             write_model_card(str(base), params, version, run_id, report, decision, version_tags(report, tags))
+    wait = params.registry.approval_wait_s
+    if decision["decision"] == "awaiting approval" and wait > 0:
+        print(f"model {params.registry.model_name} v{version} passed the gate and awaits approval: resume the paused "
+              f"`approve-v{version}` flow run in the Prefect UI within {wait} s (or later: `metagen approve {version}`)")
+        state = approval(str(base), params, version, wait, return_state=True)
+        if state.is_completed():
+            decision = {**decision, **state.result()}
+        else:
+            print(f"no answer within {wait} s: v{version} keeps waiting for `metagen approve {version}`")
     print(f"model {params.registry.model_name} v{version}: {decision['decision']} ({decision['reason']})")
     return decision

@@ -371,3 +371,51 @@ def test_a_version_that_passes_waits_for_approval(mlflow_srv, name: str) -> None
     moves = alias_history(name)
     assert [(m.after, m.decision) for m in moves] == [(v1, "promoted"), (v1, f"v{v2} not approved")]
     assert "approved by " in moves[0].reason and "looked at the grids" in moves[0].reason
+
+def test_a_person_answers_in_the_prefect_ui(mlflow_srv, prefect_api, name: str) -> None:  # noqa: ANN001
+    """Issue 32 item 3: with registry.approval_wait_s the approval is a paused `approval` flow run
+    whose Resume form (the Prefect UI's, here through the same API) takes the answer."""
+    import time
+    from dataclasses import replace
+
+    import mlflow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.flow_runs import resume_flow_run
+
+    from components.registry import alias_history
+    from pipelines.approval_flow import approval
+    from tests.conftest import make_params
+
+    _, url = mlflow_srv
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    (v1,) = _versions(url, name, 1)
+    assert gate(name, v1, 10.0, replace(RULES, require_approval=True)).decision == "awaiting approval"
+    params = make_params(f"registry.model_name={name}", f"registry.tracking_uri={url}", "registry.require_approval=true")
+    out: dict = {}
+    waiting = threading.Thread(target=lambda: out.update(answer=approval(".", params, v1, 120, poll_s=1)))
+    waiting.start()
+    paused = []
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 90
+        while not paused and time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"approve-v{v1}"])))
+            paused = [r for r in runs if r.state is not None and r.state.is_paused()]
+            time.sleep(0.5)
+    assert paused, "the approval flow run never paused for input"
+    assert _champion_or_none(url, name) is None  # nothing moves while it waits
+    resume_flow_run(paused[0].id, run_input={"approve": True, "reason": "grids look right"})
+    waiting.join(120)
+    assert out["answer"]["decision"] == "promoted" and _champion(url, name) == v1
+    (move,) = alias_history(name)
+    assert move.after == v1 and "in the Prefect UI: grids look right" in move.reason
+
+
+def _champion_or_none(url: str, name: str) -> str | None:
+    from mlflow import MlflowClient
+
+    aliases = MlflowClient(url, url).get_registered_model(name).aliases
+    return aliases.get("champion")
+
+
