@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SHARED_CELEBA.is_dir(), r
 def test_celeba_rgb_pipeline(tmp_path: Path) -> None:
     params = make_params(
         "data.source=celeba", f"data.path={SHARED_CELEBA}", "data.channels=3", "data.image_size=32",
-        "data.min_images_per_class=15", "model.likelihood=gaussian", "model.width=16", "meta.k_query=5",
+        "data.min_images_per_class=15", "model.likelihood=gaussian", "model.binarize=false", "model.width=16",
+        "meta.k_query=5", "meta.rotate_classes=false",
         "meta.meta_batch_size=2", "train.steps=4", "train.val_every=2", "train.val_tasks=2", "eval.repeats=1",
         "eval.samples_per_class=8", "eval.kid_subset_size=8", "eval.kid_subsets=2", "eval.augment_steps=5",
         "eval.feature_steps=20", "eval.adapt_steps=1", "eval.min_extractor_accuracy=0", "eval.nll_samples=4",
