@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/meta_step.py
 	$(BIN)/python benchmarks/fid.py
+	$(BIN)/python benchmarks/bootstrap.py
 	$(BIN)/python benchmarks/ray_train.py
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/eval_kernels.py
