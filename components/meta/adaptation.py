@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from components.meta.algorithms import adapt, adapt_keys
-from components.models.vae import MEMORY, ConvVAE, Params, per_pixel_loss, sample, with_context
+from components.models.vae import MEMORY, ConvVAE, Weights, per_pixel_loss, sample, with_context
 from components.params import Params as AllParams
 
 
@@ -53,16 +53,16 @@ class AdaptationRule:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def adapt(self, model: ConvVAE, params: Params, lrs: Params | None, support: Tensor,
-              generator: torch.Generator) -> Params:
+    def adapt(self, model: ConvVAE, params: Weights, lrs: Weights | None, support: Tensor,
+              generator: torch.Generator) -> Weights:
         """Adapt a copy of ``params`` (plus the set encoder's context) on ``support``; no graph kept."""
-        lr: float | Params = lrs if (self.learned_lrs and lrs is not None) else self.inner_lr
+        lr: float | Weights = lrs if (self.learned_lrs and lrs is not None) else self.inner_lr
         eps = torch.randn(max(self.steps, 1), support.shape[0], model.cfg.latent_dim, generator=generator)
         start = with_context(model, params, support)
         fast = adapt(model, start, support, self.steps, lr, eps.to(support), adapt_keys(model, self.scope))
         return finetune(model, fast, support, self.finetune_steps, self.finetune_lr, generator)
 
-    def generate(self, model: ConvVAE, params: Params, lrs: Params | None, support: Tensor, n: int,
+    def generate(self, model: ConvVAE, params: Weights, lrs: Weights | None, support: Tensor, n: int,
                  generator: torch.Generator, sampling: str | None = None) -> Tensor:
         """Adapt on ``support``, then ``n`` samples: what the pyfunc serves and evaluation scores."""
         fast = self.adapt(model, params, lrs, support, generator)
@@ -70,9 +70,9 @@ class AdaptationRule:
 
 
 def finetune(
-    model: ConvVAE, params: Params, support: Tensor, steps: int, lr: float, generator: torch.Generator,
+    model: ConvVAE, params: Weights, support: Tensor, steps: int, lr: float, generator: torch.Generator,
     fused: bool = True,
-) -> Params:
+) -> Weights:
     """Adam on the per-pixel negative ELBO of ``support`` over every entry of ``params`` (the
     context too, if any; not the supports' attention memory, which is data); ``lr == 0`` or
     ``steps == 0`` is a no-op. No graph kept. ``fused``: Adam's fused kernel, one call per step for

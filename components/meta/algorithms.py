@@ -19,7 +19,7 @@ Three implementations of the same meta-gradient:
   recipe of learn2learn and higher, the reference the tests compare against and the baseline of
   ``benchmarks/meta_step.py``.
 
-Both return the mean over tasks of each task's outer loss and meta-gradient. For Reptile the
+All three return the mean over tasks of each task's outer loss and meta-gradient. For Reptile the
 "gradient" is ``theta - theta'`` (the Reptile direction, fed to the outer optimizer).
 """
 
@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
 from components.meta.tasks import TaskBatch
-from components.models.vae import (CONTEXT, MEMORY, ConvVAE, Params, neg_elbo, per_pixel_loss, set_context, trunk,
+from components.models.vae import (CONTEXT, MEMORY, ConvVAE, Weights, neg_elbo, per_pixel_loss, set_context, trunk,
                                    with_context)
 from components.params import MetaParams
 
@@ -96,13 +96,13 @@ def _lr(lr: LR, key: str) -> float | Tensor:
 
 def adapt(
     model: ConvVAE,
-    params: Params,
+    params: Weights,
     x: Tensor,
     steps: int,
     inner_lr: LR,
     eps: Tensor,
     keys: tuple[str, ...] | None = None,
-) -> Params:
+) -> Weights:
     """``steps`` SGD steps on the per-pixel negative ELBO of ``x``; differentiable (torch.func).
 
     ``eps`` is ``(steps, >= len(x), latent)``; ``inner_lr`` a float or per-parameter tensors
@@ -114,7 +114,7 @@ def adapt(
     for s in range(steps):
         frozen = {k: v for k, v in fast.items() if k not in keys}
 
-        def loss_fn(sub: Params, s: int = s, frozen: Params = frozen) -> Tensor:
+        def loss_fn(sub: Weights, s: int = s, frozen: Weights = frozen) -> Tensor:
             return per_pixel_loss(model, {**frozen, **sub}, x, eps[s, :n])
 
         g = grad(loss_fn)({k: fast[k] for k in keys})
@@ -123,7 +123,7 @@ def adapt(
     return fast
 
 
-def _context_pull(model: ConvVAE, meta: Params, support: Tensor, target: Tensor, keep: Tensor | float = 1.0) -> Tensor:
+def _context_pull(model: ConvVAE, meta: Weights, support: Tensor, target: Tensor, keep: Tensor | float = 1.0) -> Tensor:
     """Reptile for the set encoder: half the squared distance from its context to the adapted one
     (its gradient is the Reptile direction ``c0 - c_adapted`` carried back to the set encoder)."""
     start = with_context(model, meta, support, keep)[CONTEXT]
@@ -134,7 +134,7 @@ def _context_pull(model: ConvVAE, meta: Params, support: Tensor, target: Tensor,
 def _task_fns(model: ConvVAE, cfg: AlgoConfig):  # noqa: ANN202
     k_steps = cfg.inner_steps
 
-    def outer_loss(meta: Params, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor,
+    def outer_loss(meta: Weights, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor,
                    keep: Tensor) -> Tensor:
         adapted = adapt(model, with_context(model, meta, support, keep), support, k_steps, lrs, eps_in, cfg.keys)
         return per_pixel_loss(model, adapted, query, eps_q)
@@ -147,7 +147,7 @@ def _task_fns(model: ConvVAE, cfg: AlgoConfig):  # noqa: ANN202
         (g, g_lr), loss = grad_and_value(outer_loss, argnums=(0, 1))(meta, lrs, support, query, eps_in, eps_q, keep)
         return loss, {**g, **{f"lr::{k}": v for k, v in g_lr.items()}}
 
-    def fomaml_loss(meta: Params, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor,
+    def fomaml_loss(meta: Weights, lrs: LR, support: Tensor, query: Tensor, eps_in: Tensor, eps_q: Tensor,
                     keep: Tensor) -> Tensor:
         start = with_context(model, meta, support, keep)
         adapted = adapt(model, {k: v.detach() for k, v in start.items()}, support, k_steps, lrs, eps_in, cfg.keys)
@@ -174,7 +174,7 @@ def _task_fns(model: ConvVAE, cfg: AlgoConfig):  # noqa: ANN202
 
 
 def meta_gradients_vectorized(
-    model: ConvVAE, meta: Params, lrs: Params | None, batch: TaskBatch, cfg: AlgoConfig
+    model: ConvVAE, meta: Weights, lrs: Weights | None, batch: TaskBatch, cfg: AlgoConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
     fn = _task_fns(model, cfg)
     lr: LR = lrs if lrs is not None else cfg.inner_lr
@@ -186,8 +186,8 @@ def meta_gradients_vectorized(
 
 # --- plain loop (reference) --------------------------------------------------------------------
 def _adapt_autograd(
-    model: ConvVAE, fast: Params, x: Tensor, eps: Tensor, cfg: AlgoConfig, lrs: LR, create_graph: bool
-) -> Params:
+    model: ConvVAE, fast: Weights, x: Tensor, eps: Tensor, cfg: AlgoConfig, lrs: LR, create_graph: bool
+) -> Weights:
     fast = dict(fast)
     for s in range(cfg.inner_steps):
         # fresh graph nodes for the adapted entries: the inner gradient is the partial derivative
@@ -201,7 +201,7 @@ def _adapt_autograd(
 
 
 def meta_gradients_loop(
-    model: ConvVAE, meta: Params, lrs: Params | None, batch: TaskBatch, cfg: AlgoConfig
+    model: ConvVAE, meta: Weights, lrs: Weights | None, batch: TaskBatch, cfg: AlgoConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
     total: dict[str, Tensor] = {}
     losses = []
@@ -253,7 +253,7 @@ def batchable(model: ConvVAE, cfg: AlgoConfig) -> bool:
     return model.conditional and cfg.keys == (CONTEXT,) and cfg.algorithm in ("maml", "fomaml", "metasgd")
 
 
-def _task_losses(model: ConvVAE, weights: Params, contexts: Tensor, x: Tensor, features: Tensor, eps: Tensor,
+def _task_losses(model: ConvVAE, weights: Weights, contexts: Tensor, x: Tensor, features: Tensor, eps: Tensor,
                  memory: Tensor | None = None) -> Tensor:
     """Per-task per-pixel negative ELBO ``(B,)`` of ``x`` ``(B, n, C, H, W)`` (trunk ``features``
     ``(B*n, F)``), task b under ``contexts[b]`` (and ``memory[b]``, if the decoder attends: one
@@ -267,7 +267,7 @@ def _task_losses(model: ConvVAE, weights: Params, contexts: Tensor, x: Tensor, f
 
 
 def meta_gradients_batched(
-    model: ConvVAE, meta: Params, lrs: Params | None, batch: TaskBatch, cfg: AlgoConfig
+    model: ConvVAE, meta: Weights, lrs: Weights | None, batch: TaskBatch, cfg: AlgoConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
     if not batchable(model, cfg):
         raise ValueError("the batched meta-step needs a set-conditioned VAE adapting its context alone "
@@ -314,7 +314,7 @@ def default_impl(model: ConvVAE, cfg: AlgoConfig, vectorize: bool) -> Impl:
 
 
 def meta_gradients(
-    model: ConvVAE, meta: Params, lrs: Params | None, batch: TaskBatch, cfg: AlgoConfig, vectorize: bool = True,
+    model: ConvVAE, meta: Weights, lrs: Weights | None, batch: TaskBatch, cfg: AlgoConfig, vectorize: bool = True,
     impl: Impl | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean outer loss and meta-gradient; ``impl`` picks the implementation (default: ``vmap`` if

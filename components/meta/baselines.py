@@ -22,7 +22,7 @@ from torch import Tensor
 from components.data.binarize import binarize
 from components.meta.adaptation import AdaptationRule, finetune
 from components.meta.learner import MetaLearner
-from components.models.vae import ConvVAE, Params, VAEConfig, build_vae, iwae_nll, param_dict, sample
+from components.models.vae import ConvVAE, Weights, VAEConfig, build_vae, iwae_nll, param_dict, sample
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class FewShotGenerator(Protocol):
 @dataclass
 class AdaptedVAE:
     model: ConvVAE
-    params: Params
+    params: Weights
     support: Tensor
 
     def sample(self, n: int, mode: str, generator: torch.Generator, temperature: float) -> Tensor:
@@ -158,7 +158,7 @@ class FinetuneGenerator:
 
     name: str
     model: ConvVAE
-    start: Params | None  # None: a fresh initialisation per adaptation (the scratch baseline)
+    start: Weights | None  # None: a fresh initialisation per adaptation (the scratch baseline)
     steps: int
     lr: float | None = None
     modes: tuple[str, ...] = MODES

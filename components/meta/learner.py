@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from components.errors import TrainingError
 from components.meta.algorithms import AlgoConfig, default_impl, key_shape, meta_gradients
 from components.meta.tasks import TaskBatch
-from components.models.vae import ConvVAE, Params, param_dict
+from components.models.vae import ConvVAE, Weights, param_dict
 from components.params import MetaParams
 
 Reducer = Callable[[Tensor], Tensor]
@@ -40,10 +40,10 @@ class MetaLearner:
     def parameters(self) -> list[nn.Parameter]:
         return list(self.named_meta_parameters().values())
 
-    def params(self) -> Params:
+    def params(self) -> Weights:
         return param_dict(self.model)
 
-    def inner_lrs(self) -> Params | None:
+    def inner_lrs(self) -> Weights | None:
         if self.lrs is None:
             return None
         return {k.replace("__", "."): v.detach() for k, v in self.lrs.items()}

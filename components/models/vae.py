@@ -33,7 +33,7 @@ from torch.func import functional_call
 
 from components.params import ModelParams
 
-Params = dict[str, Tensor]
+Weights = dict[str, Tensor]
 CONTEXT = "context"  # the task-specific entry of a parameter dict (not a network weight)
 MEMORY = "memory"  # the supports' trunk features the decoder attends over (task data, never adapted)
 TASK_KEYS = (CONTEXT, MEMORY)
@@ -307,28 +307,28 @@ def build_vae(cfg: VAEConfig, seed: int) -> ConvVAE:
         return ConvVAE(cfg)
 
 
-def param_dict(model: nn.Module) -> Params:
+def param_dict(model: nn.Module) -> Weights:
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
-def _call(model: ConvVAE, params: Params, args: tuple, part: str,
+def _call(model: ConvVAE, params: Weights, args: tuple, part: str,
           features: Tensor | None = None, **kwargs: Tensor) -> Tensor | tuple[Tensor, Tensor]:
     weights = {k: v for k, v in params.items() if k not in TASK_KEYS}
     return functional_call(model, weights, args, {"part": part, "context": params.get(CONTEXT), "features": features,
                                                   "memory": params.get(MEMORY), **kwargs})
 
 
-def set_context(model: ConvVAE, params: Params, support: Tensor, features: Tensor | None = None) -> Tensor:
+def set_context(model: ConvVAE, params: Weights, support: Tensor, features: Tensor | None = None) -> Tensor:
     """The set encoder's context of ``support`` ``(K, ...)``: ``(d,)``; of ``(B, K, ...)``: ``(B, d)``."""
     return _call(model, params, (support,), "set", features)
 
 
-def trunk(model: ConvVAE, params: Params, x: Tensor) -> Tensor:
+def trunk(model: ConvVAE, params: Weights, x: Tensor) -> Tensor:
     """The encoder's convolutional trunk (shared by q(z|x,c) and the set encoder; no context)."""
     return _call(model, params, (x,), "trunk")
 
 
-def with_context(model: ConvVAE, params: Params, support: Tensor, keep: Tensor | float = 1.0) -> Params:
+def with_context(model: ConvVAE, params: Weights, support: Tensor, keep: Tensor | float = 1.0) -> Weights:
     """The starting point of a task's adaptation: the weights plus, for a set-conditioned VAE, the
     set encoder's context from ``support`` (times ``keep``: 0 starts from the null context) and,
     if its decoder attends over the supports, their memory (times ``keep`` too)."""
@@ -342,26 +342,26 @@ def with_context(model: ConvVAE, params: Params, support: Tensor, keep: Tensor |
             MEMORY: model.support_memory(feats, tuple(support.shape[:-4])) * keep}
 
 
-def neg_elbo(model: ConvVAE, params: Params, x: Tensor, eps: Tensor, features: Tensor | None = None) -> Tensor:
+def neg_elbo(model: ConvVAE, params: Weights, x: Tensor, eps: Tensor, features: Tensor | None = None) -> Tensor:
     """Per-image negative ELBO in nats, as a function of ``params`` (and its context, if any);
     ``features``: the trunk's output for ``x``, if already computed."""
     return _call(model, params, (x, eps), "elbo", features)
 
 
-def per_pixel_loss(model: ConvVAE, params: Params, x: Tensor, eps: Tensor) -> Tensor:
+def per_pixel_loss(model: ConvVAE, params: Weights, x: Tensor, eps: Tensor) -> Tensor:
     """Mean negative ELBO per pixel: the scale the inner loop works on (stable step sizes)."""
     return neg_elbo(model, params, x, eps).mean() / model.num_pixels
 
 
-def encode(model: ConvVAE, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+def encode(model: ConvVAE, params: Weights, x: Tensor) -> tuple[Tensor, Tensor]:
     return _call(model, params, (x,), "encode")
 
 
-def decode(model: ConvVAE, params: Params, z: Tensor) -> Tensor:
+def decode(model: ConvVAE, params: Weights, z: Tensor) -> Tensor:
     return _call(model, params, (z,), "decode")
 
 
-def channels_last(params: Params) -> Params:
+def channels_last(params: Weights) -> Weights:
     """``params`` with every 4-d tensor (the convolutions' weights) in the channels-last layout: the
     same values; on a CPU, oneDNN's convolutions over a large batch run 1.5-1.6x faster that way
     (`benchmarks/eval_kernels.py`)."""
@@ -369,7 +369,7 @@ def channels_last(params: Params) -> Params:
 
 
 @torch.no_grad()
-def iwae_nll(model: ConvVAE, params: Params, x: Tensor, samples: int, generator: torch.Generator,
+def iwae_nll(model: ConvVAE, params: Weights, x: Tensor, samples: int, generator: torch.Generator,
              proposal_scales: tuple[float, ...] = (1.0,), chunk: int = 2048,
              layout: Literal["channels_last", "contiguous"] = "channels_last") -> Tensor:
     """Importance-weighted estimate of -log p(x) (Burda et al. 2016), nats per image: (n,).
@@ -404,7 +404,7 @@ def iwae_nll(model: ConvVAE, params: Params, x: Tensor, samples: int, generator:
 @torch.no_grad()
 def sample(
     model: ConvVAE,
-    params: Params,
+    params: Weights,
     n: int,
     generator: torch.Generator,
     mode: str = "prior",
