@@ -30,7 +30,7 @@ from components.evaluation.protocol import (
 )
 from components.evaluation.bootstrap import FidUnits, Moments, compare, save_units
 from components.evaluation.report import markdown_table
-from components.meta.baselines import (
+from components.meta.generators import (
     MODES,
     FewShotGenerator,
     FinetuneGenerator,

@@ -54,7 +54,7 @@ def test_evaluation_spread_over_both_nodes_equals_in_process(ray_cluster: object
     from components.evaluation.parallel import LocalMapper, RayMapper
     from components.evaluation.protocol import Protocol, run_generators
     from components.meta.adaptation import AdaptationRule
-    from components.meta.baselines import FinetuneGenerator, MetaGenerator, SupportReplay
+    from components.meta.generators import FinetuneGenerator, MetaGenerator, SupportReplay
     from components.meta.trainer import build_learner, vae_config
     from components.models.vae import ConvVAE
 

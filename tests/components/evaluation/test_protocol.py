@@ -17,7 +17,7 @@ from components.evaluation.evaluate import build_domain_features, evaluate, load
 from components.evaluation.bootstrap import load_units
 from components.evaluation.protocol import Protocol, evaluate_generators
 from components.meta.adaptation import AdaptationRule
-from components.meta.baselines import FinetuneGenerator, MetaGenerator
+from components.meta.generators import FinetuneGenerator, MetaGenerator
 from components.meta.trainer import build_learner, vae_config
 from components.models.vae import ConvVAE, param_dict
 from tests.conftest import make_params

@@ -244,7 +244,7 @@ def test_served_model_samples_what_the_evaluation_generated(tmp_path: Path, monk
     import mlflow
 
     from components.evaluation.protocol import ClassJob, adapt_class, class_seed, draw_episode
-    from components.meta.baselines import MetaGenerator
+    from components.meta.generators import MetaGenerator
     from components.registry import log_generator
 
     params = make_params("model.width=8", "model.context_dim=6", "meta.algorithm=metasgd", "eval.inner_lr=0.05",
