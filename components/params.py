@@ -200,7 +200,7 @@ class EvalParams(_Section):
     samples_per_class: int = Field(ge=2)
     sampling: Literal["prior", "support"]
     temperatures: list[float] = Field(min_length=1)
-    extractor: Literal["domain", "inception"]
+    extractor: Literal["auto", "domain", "inception"]
     inception_weights: str | None
     features_dir: str
     feature_steps: int = Field(ge=1)
@@ -289,6 +289,13 @@ class Params(_Section):
                 f"({self.data.min_images_per_class}): every class must hold a support and a query set"
             )
         return self
+
+    def extractor_kind(self) -> Literal["domain", "inception"]:
+        """``eval.extractor`` resolved: ``auto`` is the standard Inception network for RGB data (the
+        field's FID) and the domain CNN for grayscale (Inception says little about pen strokes)."""
+        if self.eval.extractor != "auto":
+            return self.eval.extractor
+        return "inception" if self.data.channels == 3 else "domain"
 
     def digest(self) -> str:
         """Stable hash of every value, for lineage tags and cache keys."""

@@ -78,7 +78,7 @@ def evaluate(root: str = ".", params_path: str = "params.yaml", overrides: list[
     base, params = resolve(root, params_path, overrides, params)
     checkpoint = checkpoint or (None if model_uri else str(base / params.train.checkpoint_dir))
     with tracked_run(params, base, "evaluate", run_id, extra_tags={"eval.model": model_uri or str(checkpoint)}) as run_id:
-        if params.eval.extractor == "domain":
+        if params.extractor_kind() == "domain":
             feature_extractor(str(base))
         with phase("few-shot evaluation"):
             result = run_evaluation(str(base), params, checkpoint, model_uri)

@@ -64,7 +64,7 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
         # the references do not need the model: the extractor and `pretrain` train side by side
         # meanwhile, then the baselines are scored, each on the cores the training leaves
         beside = figure_threads(trained_with, threads_beside_training(trained_with, local, streams=2))
-        features = [feature_extractor.submit(root, beside)] if trained_with.eval.extractor == "domain" else []
+        features = [feature_extractor.submit(root, beside)] if trained_with.extractor_kind() == "domain" else []
         pretrained = pretrain_baseline.submit(root, trained_with, beside)
         references = reference_scores.submit(root, trained_with, figure_threads(trained_with, threads_beside_training(trained_with, local, streams=1)),
                                              wait_for=[*features, pretrained])

@@ -17,6 +17,7 @@ from components.atomic import atomic_file, write_text_atomic
 from components.data.binarize import binarized_split
 from components.data.prepare import Split, load_split, read_manifest
 from components.evaluation import extractors as ex
+from components.evaluation.inception import InceptionExtractor, load_inception_extractor
 from components.evaluation.pictures import fid_bar_chart, loss_curve, sample_grid, save_grid, selection_chart
 from components.errors import MetagenError
 from components.evaluation.parallel import Mapper
@@ -92,8 +93,8 @@ def load_extractor(params: Params, features_dir: Path) -> tuple[ex.FeatureExtrac
 
     The domain extractor is the output of the dvc.yaml ``features`` stage: it is never trained here.
     """
-    if params.eval.extractor == "inception":
-        return ex.load_inception_extractor(params.eval.inception_weights), None
+    if params.extractor_kind() == "inception":
+        return load_inception_extractor(params.eval.inception_weights), None
     path = features_dir / DOMAIN_FILE
     extractor = ex.load_domain_extractor(path)
     metrics_path = features_dir / DOMAIN_METRICS
@@ -389,16 +390,28 @@ def evaluate(
         "best": {mode: min((r for r in rows if r["sampling"] == mode), key=lambda r: r["fid_mean"])["model"]
                  for mode in MODES},
     }
-    if isinstance(extractor, ex.InceptionExtractor):
-        report["inception_score"] = {
-            name: dict(zip(("mean", "std"), extractor.inception_score(torch.cat(s["support"]))))
-            for name, s in scores.samples.items()
-        }
+    if isinstance(extractor, InceptionExtractor):
+        report["inception_score"] = inception_scores(extractor, scores.samples)
     report_path = out_dir / "eval.json"
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
     md_path = out_dir / "eval.md"
     write_text_atomic(md_path, markdown_table(report))
     return EvalOutputs(report, report_path, md_path, pictures, units_path)
+
+
+def inception_scores(extractor: InceptionExtractor, samples: dict[str, dict[str, list[torch.Tensor]]]) -> dict[str, Any]:
+    """Each model's Inception Score (10 splits) per sampling mode over all its samples of the first
+    repeat; a note instead when the weights have no classifier head."""
+    if not extractor.has_head:
+        return {"unavailable": "the packaged Inception weights stop at the pool features: set eval.inception_weights "
+                               "to pytorch-fid's pt_inception-2015-12-05-6726825d.pth for the Inception Score"}
+    scores: dict[str, Any] = {}
+    for name, by_mode in samples.items():
+        for mode, per_class in by_mode.items():
+            score = extractor.inception_score(torch.cat(per_class))
+            if score is not None:
+                scores.setdefault(name, {})[mode] = dict(zip(("mean", "std"), score))
+    return scores
 
 
 def _pictures(out_dir: Path, test: Split, protocol: Protocol, samples: dict, rows: list, history: list | None) -> list[Path]:

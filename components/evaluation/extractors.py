@@ -2,8 +2,7 @@
 
 * ``domain``: a small CNN classifier trained on the meta-train classes only (dvc.yaml stage
   ``features``); its penultimate layer is the feature space.
-* ``inception``: the standard FID Inception-v3 pool3 (2048-d) built from pytorch-fid's blocks, with
-  weights read from a local file; never downloaded.
+* ``inception``: the standard FID Inception-v3 pool3 (2048-d): :mod:`components.evaluation.inception`.
 """
 
 from __future__ import annotations
@@ -18,16 +17,13 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_fid import inception as pfi
 from torch import Tensor, nn
-from torchvision.models.inception import inception_v3
 
 from components.atomic import atomic_file
 from components.errors import MetagenError
 from components.threads import torch_threads
 
 log = logging.getLogger(__name__)
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 
 class FeatureExtractor(Protocol):
@@ -184,97 +180,3 @@ def _fit_domain_extractor(train_images: np.ndarray, train_labels: np.ndarray, st
 def write_metrics(path: Path, metrics: dict) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-
-
-# --- Inception (standard FID) -------------------------------------------------------------------
-def inception_weights_path(configured: str | None) -> Path:
-    """The local weights file: ``eval.inception_weights`` or torch hub's cache; never downloads."""
-    if configured:
-        path = Path(configured).expanduser()
-        if not path.is_file():
-            raise MetagenError(
-                f"eval.inception_weights: file not found: {path}. Put pytorch-fid's {INCEPTION_FILE} there "
-                "(nothing is downloaded at run time)"
-            )
-        return path
-    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if not path.is_file():
-        raise MetagenError(
-            f"standard FID needs the Inception weights {INCEPTION_FILE}: put the file at {path} or set "
-            "eval.inception_weights to its path (nothing is downloaded at run time); "
-            "or use eval.extractor: domain"
-        )
-    return path
-
-
-def build_fid_inception() -> nn.Module:
-    """pytorch-fid's FID Inception-v3 architecture, without weights (no download)."""
-    net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
-    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
-    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
-    return net
-
-
-@dataclass
-class InceptionExtractor:
-    net: nn.Module
-    weights_digest: str
-    name: str = "inception"
-
-    @property
-    def digest(self) -> str:
-        return self.weights_digest
-
-    @torch.no_grad()
-    def _pool_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        x = images.float()
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
-        n = self.net
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"):
-            x = getattr(n, name)(x)
-        x = F.max_pool2d(x, 3, 2)
-        x = n.Conv2d_3b_1x1(x)
-        x = n.Conv2d_4a_3x3(x)
-        x = F.max_pool2d(x, 3, 2)
-        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
-            x = getattr(n, name)(x)
-        pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return pool, n.fc(pool)
-
-    def features(self, images: Tensor, batch_size: int = 32) -> np.ndarray:
-        self.net.eval()
-        return torch.cat([self._pool_and_logits(images[i : i + batch_size])[0]
-                          for i in range(0, len(images), batch_size)]).double().numpy()
-
-    def inception_score(self, images: Tensor, splits: int = 10, batch_size: int = 32) -> tuple[float, float]:
-        logits = torch.cat([self._pool_and_logits(images[i : i + batch_size])[1]
-                            for i in range(0, len(images), batch_size)]).double()
-        probs = F.softmax(logits, dim=1).numpy()
-        scores = []
-        for part in np.array_split(probs, min(splits, len(probs))):
-            py = part.mean(0, keepdims=True)
-            kl = (part * (np.log(part + 1e-12) - np.log(py + 1e-12))).sum(1).mean()
-            scores.append(np.exp(kl))
-        return float(np.mean(scores)), float(np.std(scores))
-
-
-def load_inception_extractor(configured: str | None) -> InceptionExtractor:
-    path = inception_weights_path(configured)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    net = build_fid_inception()
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise MetagenError(f"{path}: not pytorch-fid's FID Inception weights ({str(err)[:200]})") from None
-    return InceptionExtractor(net.eval(), state_digest("inception", state))

@@ -41,7 +41,17 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"{_f(r['coverage'], '.3f')} | {_f(r['copy_rate'], '.3f')} | {_pm(r['aug_acc_mean'], r['aug_acc_std'], '.3f')} |"
         )
     lines += ["", "Lowest FID per sampling mode: " + ", ".join(f"{k}: **{v}**" for k, v in report["best"].items()), ""]
+    lines += _inception_score_lines(report.get("inception_score"))
     return "\n".join(lines)
+
+
+def _inception_score_lines(scores: dict[str, Any] | None) -> list[str]:
+    if not scores:
+        return []
+    if "unavailable" in scores:
+        return [f"Inception Score: not computed ({scores['unavailable']}).", ""]
+    return ["Inception Score ↑ (10 splits): " + ", ".join(
+        f"{name} ({mode}) {s['mean']:.2f} ± {s['std']:.2f}" for name, by_mode in scores.items() for mode, s in by_mode.items()), ""]
 
 
 def gate_markdown(decision: str, reason: str) -> str:
