@@ -43,6 +43,7 @@ from components.meta.trainer import (
 )
 from components.models.vae import VAEConfig
 from components.params import Params, validate_params
+from components.stopping import TrainingStopped, raise_if_stopped, stop_reason, stop_requested_wait
 from components.threads import figure_threads
 from components.timing import phase
 from components.evaluation.parallel import Mapper, mapper_for
@@ -71,11 +72,18 @@ def _inject_fault(params: Params, step: int, rank: int, world: int, run_dir: Pat
 class _RayHooks:
     """Ray Train worker: fault injection (tests), ``ray.train.report`` with a ``Checkpoint`` (rank 0)."""
 
-    def __init__(self, learner: MetaLearner, params: Params, cfg: VAEConfig, shard: Shard, run_dir: Path) -> None:
+    def __init__(self, learner: MetaLearner, params: Params, cfg: VAEConfig, shard: Shard, run_dir: Path,
+                 stop_flag: Any = None) -> None:
         self.learner, self.params, self.cfg, self.shard, self.run_dir = learner, params, cfg, shard, run_dir
+        self.stop_flag = stop_flag
 
     def before_step(self, step: int) -> None:
         _inject_fault(self.params, step, self.shard.rank, self.shard.world, self.run_dir)
+
+    def stop_requested(self) -> bool:
+        import ray
+
+        return self.stop_flag is not None and ray.get(self.stop_flag.get.remote()) is not None
 
     def after_step(self, state: TrainState, record: dict[str, float] | None, checkpoint: bool) -> None:
         import ray.train
@@ -119,8 +127,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         resumed_from = state.step
         log.warning("worker rank %d resumed from the step-%d checkpoint", rank, state.step)
     first = state.step + 1
-    state = run_loop(learner, params, state, train_split, val_split, _RayHooks(learner, params, cfg, shard, run_dir),
-                     shard)
+    hooks = _RayHooks(learner, params, cfg, shard, run_dir, config.get("stop_flag"))
+    state = run_loop(learner, params, state, train_split, val_split, hooks, shard)
     summary = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                "resumed_from": resumed_from, "first_step": first if state.step >= first else None,
                "last_step": state.step, "world_size": world, "device": str(device)}
@@ -192,6 +200,44 @@ def _init_ray(params: Params) -> None:
                  include_dashboard=True, dashboard_host="127.0.0.1")
 
 
+class StopFlag:
+    """A Ray actor's body (0 CPUs): the reason, once set; the workers read it every meta-step."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def get(self) -> str | None:
+        return self.reason
+
+
+@contextmanager
+def stop_flag_for_workers() -> Iterator[Any]:
+    """A :class:`StopFlag` actor for this run's workers, set from here by a thread as soon as
+    :func:`components.stopping.request_stop` is called (the driver blocks in ``trainer.fit()``)."""
+    import ray
+
+    flag = ray.remote(num_cpus=0)(StopFlag).remote()
+    done = threading.Event()
+
+    def relay() -> None:
+        while not done.is_set():
+            if stop_requested_wait(0.5):
+                flag.set.remote(stop_reason())
+                return
+
+    thread = threading.Thread(target=relay, name="stop-relay", daemon=True)
+    thread.start()
+    try:
+        yield flag
+    finally:
+        done.set()
+        thread.join(2)
+        ray.kill(flag)
+
+
 def eval_mapper(params: Params) -> Mapper:
     """Where the evaluation runs: spread over the Ray cluster this run trains on (``eval.distributed``),
     or in this process."""
@@ -199,7 +245,7 @@ def eval_mapper(params: Params) -> Mapper:
 
 
 def build_trainer(params: Params, prepared_dir: Path, storage_path: Path, name: str,
-                  callbacks: list | None = None, placement_strategy: str = "PACK"):  # noqa: ANN201
+                  callbacks: list | None = None, placement_strategy: str = "PACK", stop_flag: Any = None):  # noqa: ANN201
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -209,7 +255,7 @@ def build_trainer(params: Params, prepared_dir: Path, storage_path: Path, name: 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"params": params.model_dump(mode="json"), "prepared_dir": str(Path(prepared_dir).resolve()),
-                           "run_dir": str(storage_path / name), "threads": threads},
+                           "run_dir": str(storage_path / name), "threads": threads, "stop_flag": stop_flag},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker},
                                      placement_strategy=placement_strategy),
@@ -297,11 +343,14 @@ def _train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: 
         init_ray(params)
     name = name or f"metagen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     try:
-        with phase("ray train fit"), _shown_progress(params.train.steps, progress) as callbacks:
+        with (phase("ray train fit"), _shown_progress(params.train.steps, progress) as callbacks,
+              stop_flag_for_workers() as stop_flag):
             trainer = build_trainer(params, prepared_dir, Path(params.train.storage_path), name,
-                                    callbacks=callbacks, placement_strategy=placement_strategy)
+                                    callbacks=callbacks, placement_strategy=placement_strategy, stop_flag=stop_flag)
             result = _interruptible_fit(trainer)
-    except KeyboardInterrupt:
+        steps = [int(s["last_step"]) for s in worker_summaries(Path(params.train.storage_path).resolve() / name)]
+        raise_if_stopped(max(steps, default=0))
+    except (KeyboardInterrupt, TrainingStopped):
         run_dir = Path(params.train.storage_path) / name
         if run_dir.is_dir() and not any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
             shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run that kept nothing

@@ -8,12 +8,14 @@ from typing import Any
 from prefect import flow, task
 
 from components.data.dvc_ops import dvc_repro
-from components.evaluation.evaluate import evaluate as run_protocol
+from components.errors import MetagenError
+from components.evaluation.evaluate import check_extractor, evaluate as run_protocol
 from components.meta.adaptation import AdaptationRule
 from components.evaluation.evaluate import baseline_scores, reference_pretrain
 from components.meta.trainer import load_learner
 from components.params import Params
 from components.registry import load_registered_learner
+from components.stopping import request_stop
 from components.threads import torch_threads
 from components.timing import phase
 from components.tracking import log_evaluation, mlflow_step, tracked_run
@@ -22,11 +24,20 @@ from pipelines.common import finish_timings, resolve, retry_unless_user_error, r
 
 
 @task(name="feature-extractor")
-def feature_extractor(root: str, threads: int | None = None) -> None:
-    """The dvc.yaml `features` stage (DVC skips it when its inputs are unchanged); ``threads``:
-    the stage's torch threads."""
-    with phase("feature extractor (dvc repro features)"):
-        dvc_repro(Path(root), "features", threads)
+def feature_extractor(root: str, params: Params, threads: int | None = None, stop_training: bool = False) -> None:
+    """The extractor made ready (domain: the dvc.yaml `features` stage, which DVC skips when its
+    inputs are unchanged; ``threads``: its torch threads) and checked; ``stop_training``: a
+    training running beside is stopped when the figures could not be trusted."""
+    base = Path(root)
+    try:
+        if params.extractor_kind() == "domain":
+            with phase("feature extractor (dvc repro features)"):
+                dvc_repro(base, "features", threads)
+        check_extractor(params, base / params.eval.features_dir)
+    except MetagenError as err:
+        if stop_training:
+            request_stop(str(err))
+        raise
 
 
 @task(name="few-shot-evaluation")
@@ -78,8 +89,7 @@ def evaluate(root: str = ".", params_path: str = "params.yaml", overrides: list[
     base, params = resolve(root, params_path, overrides, params)
     checkpoint = checkpoint or (None if model_uri else str(base / params.train.checkpoint_dir))
     with tracked_run(params, base, "evaluate", run_id, extra_tags={"eval.model": model_uri or str(checkpoint)}) as run_id:
-        if params.extractor_kind() == "domain":
-            feature_extractor(str(base))
+        feature_extractor(str(base), params)
         with phase("few-shot evaluation"):
             result = run_evaluation(str(base), params, checkpoint, model_uri)
         with phase("mlflow logging", "overhead"):

@@ -10,6 +10,7 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 from components.params import Params, with_updates
+from components.stopping import stoppable
 from components.evaluation.report import run_summary
 from components.threads import figure_threads, threads_beside_training
 from components.timing import phase
@@ -64,14 +65,15 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
         # the references do not need the model: the extractor and `pretrain` train side by side
         # meanwhile, then the baselines are scored, each on the cores the training leaves
         beside = figure_threads(trained_with, threads_beside_training(trained_with, local, streams=2))
-        features = [feature_extractor.submit(root, beside)] if trained_with.extractor_kind() == "domain" else []
-        pretrained = pretrain_baseline.submit(root, trained_with, beside)
-        references = reference_scores.submit(root, trained_with, figure_threads(trained_with, threads_beside_training(trained_with, local, streams=1)),
-                                             wait_for=[*features, pretrained])
-        with phase("train"):
-            trained = train(root, local=local, run_id=run_id, params=trained_with)
+        with stoppable():  # an extractor that cannot be trusted stops the training
+            features = feature_extractor.submit(root, trained_with, beside, stop_training=True)
+            pretrained = pretrain_baseline.submit(root, trained_with, beside)
+            references = reference_scores.submit(root, trained_with, figure_threads(trained_with, threads_beside_training(trained_with, local, streams=1)),
+                                                 wait_for=[features, pretrained])
+            with phase("train"):
+                trained = train(root, local=local, run_id=run_id, params=trained_with)
         with phase("wait for the reference scores"):
-            for future in (*features, pretrained, references):  # an upstream failure raises its own error
+            for future in (features, pretrained, references):  # an upstream failure raises its own error
                 future.result()
         with phase("evaluate"):
             evaluated = evaluate(root, checkpoint=trained["checkpoint"], run_id=run_id, params=trained_with)

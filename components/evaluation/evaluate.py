@@ -95,8 +95,17 @@ def load_extractor(params: Params, features_dir: Path) -> tuple[ex.FeatureExtrac
     """
     if params.extractor_kind() == "inception":
         return load_inception_extractor(params.eval.inception_weights), None
-    path = features_dir / DOMAIN_FILE
-    extractor = ex.load_domain_extractor(path)
+    return ex.load_domain_extractor(features_dir / DOMAIN_FILE), domain_accuracy(params, features_dir)
+
+
+def check_extractor(params: Params, features_dir: Path) -> None:
+    """What :func:`load_extractor` refuses, as soon as the extractor is ready (before a training
+    ends): missing or wrong Inception weights, a domain extractor below its accuracy floor."""
+    load_extractor(params, features_dir)
+
+
+def domain_accuracy(params: Params, features_dir: Path) -> float:
+    """The domain extractor's held-out accuracy on meta-train classes, if at least its floor."""
     metrics_path = features_dir / DOMAIN_METRICS
     try:
         acc = float(json.loads(metrics_path.read_text())["heldout_accuracy"])
@@ -109,7 +118,7 @@ def load_extractor(params: Params, features_dir: Path) -> tuple[ex.FeatureExtrac
             f"{metrics_path}: the domain extractor's held-out accuracy {acc:.3f} is below "
             f"eval.min_extractor_accuracy {floor:g}; its FID/PRDC would say little. Raise eval.feature_steps "
             "and run `dvc repro features`, or use eval.extractor: inception")
-    return extractor, acc
+    return acc
 
 
 def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir: Path, data_key: str) -> ConvVAE:

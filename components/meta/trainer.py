@@ -21,6 +21,7 @@ from components.meta.learner import MetaLearner, Reducer
 from components.meta.tasks import TaskBatch, TaskSampler
 from components.models.vae import VAEConfig, build_vae, per_pixel_loss
 from components.params import MetaParams, Params
+from components.stopping import raise_if_stopped, stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,9 @@ class LoopHooks(Protocol):
     def after_step(self, state: TrainState, record: dict[str, float] | None, checkpoint: bool) -> None:
         """After a step: ``record`` when one is due (else None), ``checkpoint`` when one is due."""
 
+    def stop_requested(self) -> bool:
+        """True: end the loop now (:mod:`components.stopping`), without a last checkpoint."""
+
 
 @dataclass
 class Shard:
@@ -216,7 +220,7 @@ def run_loop(learner: MetaLearner, params: Params, state: TrainState, train: Spl
     val_sampler = make_sampler(params, val, t.seed + 1, training=False)
     last = t.steps if last is None else min(last, t.steps)
     done, started = 0, time.perf_counter()
-    while state.step < last:
+    while state.step < last and not hooks.stop_requested():
         hooks.before_step(state.step)
         batch = sampler.sample(state.step, params.meta.meta_batch_size).to(shard.device)
         try:
@@ -249,6 +253,9 @@ class _LocalHooks:
 
     def before_step(self, step: int) -> None:
         return None
+
+    def stop_requested(self) -> bool:
+        return stop_reason() is not None
 
     def after_step(self, state: TrainState, record: dict[str, float] | None, checkpoint: bool) -> None:
         if record is not None and self.on_metrics is not None:
@@ -297,4 +304,5 @@ def _train_local(params: Params, prepared_dir: Path, out_dir: Path, progress: bo
         task = bar.add_task("train", total=params.train.steps, completed=state.step, info="")
         hooks = _LocalHooks(learner, params, cfg, ckpt, bar, task, on_metrics)
         state = run_loop(learner, params, state, train_split, val_split, hooks, last=stop_after)
+    raise_if_stopped(state.step)
     return TrainResult(checkpoint=ckpt, step=state.step, history=state.history, grids=state.grids)

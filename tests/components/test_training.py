@@ -77,3 +77,40 @@ def test_tune_asha_stops_the_absurd_trial(ray_cluster: object, tmp_path: Path, d
     table = json.loads(outcome.table_path.read_text())
     assert table["best"]["val_loss"] == outcome.best_metric
     assert (tmp_path / "reports" / "tune_results.csv").is_file()
+
+
+@pytest.mark.parametrize("where", ["in-process", "ray-train"])
+def test_a_requested_stop_ends_the_training_at_the_next_step(where: str, ray_cluster: object, tmp_path: Path,
+                                                            digits_prepared: Path) -> None:
+    """Work beside the training (here a thread that waits for the first checkpoint, at step 5) stops
+    it: in-process directly, on Ray Train's workers through the stop flag; the training raises with
+    the reason and the step it reached, far before its 100,000 steps."""
+    import threading
+
+    from components.stopping import TrainingStopped, request_stop, stop_reason, stoppable
+
+    params = make_params(*FAST, "train.steps=100000", "train.checkpoint_every=5", "train.report_every=5",
+                         "train.val_every=100000", f"train.storage_path={tmp_path / 'ray'}")
+    done = threading.Event()
+
+    def stop_after_first_checkpoint() -> None:
+        while not done.wait(0.2):
+            if (tmp_path / "out" / "checkpoint.pt").exists() or list((tmp_path / "ray").glob("stopped-run/checkpoint_*")):
+                request_stop("the extractor cannot be trusted")
+                return
+
+    watcher = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
+    with stoppable(), pytest.raises(TrainingStopped, match=r"the extractor cannot be trusted \(training stopped at "
+                                                           r"meta-step \d+\)") as stopped:
+        watcher.start()
+        try:
+            if where == "in-process":
+                train_local(params, digits_prepared, tmp_path / "out", progress=False)
+            else:
+                train_distributed(params, digits_prepared, tmp_path / "out", name="stopped-run", progress=False)
+        finally:
+            done.set()
+    step = int(str(stopped.value).rsplit("meta-step ", 1)[1].rstrip(")"))
+    assert 5 <= step < 100000
+    request_stop("outside any stoppable block: nothing to stop")  # ignored
+    assert stop_reason() is None

@@ -211,6 +211,19 @@ def test_failed_step_marks_the_run_failed(prefect_api: str, mlflow_srv, project:
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
 
 
+def test_an_extractor_below_its_floor_stops_the_training(prefect_api: str, mlflow_srv, project: Path) -> None:  # noqa: ANN001
+    """Fail fast: the domain extractor, ready beside the training, is below eval.min_extractor_accuracy:
+    the training stops there (long before its 100,000 steps) and the run fails saying what to set."""
+    from pipelines.retrain_flow import retrain
+
+    with pytest.raises(MetagenError, match=r"held-out accuracy [0-9.]+ is below eval.min_extractor_accuracy 0.999.*"
+                                           r"eval.feature_steps.*\(training stopped at meta-step \d+\)") as failed:
+        retrain(str(project), "params.yaml", [*TINY, "eval.feature_steps=1", "eval.min_extractor_accuracy=0.999",
+                                              "train.steps=100000", "train.checkpoint_every=100000",
+                                              "train.val_every=100000", "train.report_every=100"], local=True)
+    assert int(str(failed.value).rsplit("meta-step ", 1)[1].rstrip(")")) < 100000
+
+
 def test_standalone_train_records_the_data_version(prefect_api: str, mlflow_srv, project: Path) -> None:  # noqa: ANN001
     """`metagen train` alone (not inside `retrain`) tags its run with the data version DVC holds."""
     from mlflow import MlflowClient
