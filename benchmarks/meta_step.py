@@ -45,7 +45,8 @@ PARAMS_FILE = {"omniglot": ROOT / "configs" / "omniglot.yaml"}
 def _setup(setting: str, algo: str, batch: int, device: str):  # noqa: ANN202
     import torch
 
-    from components.meta.algorithms import AlgoConfig, key_shape
+    from components.meta.algorithms import key_shape
+    from components.meta.learner import algo_config
     from components.meta.tasks import TaskBatch
     from components.models.vae import VAEConfig, build_vae, param_dict
     from components.params import load_params
@@ -64,7 +65,7 @@ def _setup(setting: str, algo: str, batch: int, device: str):  # noqa: ANN202
         torch.randn(batch, m.k_query, cfg.latent_dim, generator=g),
         tuple(range(batch)),
     ).to(device)
-    acfg = AlgoConfig.from_params(m, model)
+    acfg = algo_config(m, model)
     lrs = ({k: torch.full(key_shape(model, k), m.inner_lr, device=device) for k in acfg.keys}
            if algo == "metasgd" else None)
     return model, meta, lrs, tasks, acfg

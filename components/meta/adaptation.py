@@ -6,14 +6,16 @@ fine-tuning the ``pretrain`` baseline gets (``finetune_steps`` at ``finetune_lr`
 the context; the lr chosen on meta-val like the baselines'), so that the meta-learned model can
 sharpen on the supports as much as a fine-tuned baseline may, under the same copy rule.
 
-Built once from params (:meth:`AdaptationRule.from_params`), stored with the checkpoint and the
-registered model, and used by validation, evaluation, the registry's pyfunc and ``metagen
-generate`` alike, so the model that passed the gate is the model that is served.
+Built in one place: :meth:`AdaptationRule.for_training` is the inner loop meta-training runs (the
+learner's algorithm and validation derive from it); :meth:`AdaptationRule.from_params` is that
+rule with the evaluation's settings, stored with the checkpoint and the registered model, and used
+by evaluation, the registry's pyfunc and ``metagen generate`` alike, so the model that passed the
+gate is the model that is served.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from components.meta.algorithms import adapt, adapt_keys
 from components.models.vae import MEMORY, ConvVAE, Weights, per_pixel_loss, sample, with_context
-from components.params import Params as AllParams
+from components.params import MetaParams, Params as AllParams
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,23 @@ class AdaptationRule:
     finetune_lr: float = 0.0  # 0: no fine-tuning (a rule registered before this field has none)
 
     @classmethod
-    def from_params(cls, params: AllParams) -> AdaptationRule:
-        """The rule as configured; its temperature is the first of ``eval.temperatures`` and it
-        fine-tunes at lr 0 (not at all) until the evaluation chooses both on meta-val classes (the
-        registered rule is the evaluated one)."""
-        meta, ev = params.meta, params.eval
+    def for_training(cls, meta: MetaParams) -> AdaptationRule:
+        """The inner loop as meta-training runs it. Reptile moves every weight toward the adapted
+        ones, so it adapts all of them; Meta-SGD adapts with its learned rates."""
         scope = "all" if meta.algorithm == "reptile" else meta.adapt_scope
-        return cls(steps=ev.adapt_steps, inner_lr=ev.inner_lr or meta.inner_lr, scope=scope,
-                   learned_lrs=meta.algorithm == "metasgd" and ev.inner_lr is None,
-                   sampling=ev.sampling, temperature=ev.temperatures[0], finetune_steps=ev.finetune_steps)
+        return cls(steps=meta.inner_steps, inner_lr=meta.inner_lr, scope=scope,
+                   learned_lrs=meta.algorithm == "metasgd", sampling="prior", temperature=1.0)
+
+    @classmethod
+    def from_params(cls, params: AllParams) -> AdaptationRule:
+        """The training rule with the evaluation's settings: ``eval.adapt_steps`` (and
+        ``eval.inner_lr``, which replaces Meta-SGD's learned rates when set); its temperature is the
+        first of ``eval.temperatures`` and it fine-tunes at lr 0 (not at all) until the evaluation
+        chooses both on meta-val classes (the registered rule is the evaluated one)."""
+        trained, ev = cls.for_training(params.meta), params.eval
+        return replace(trained, steps=ev.adapt_steps, inner_lr=ev.inner_lr or trained.inner_lr,
+                       learned_lrs=trained.learned_lrs and ev.inner_lr is None, sampling=ev.sampling,
+                       temperature=ev.temperatures[0], finetune_steps=ev.finetune_steps)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdaptationRule:

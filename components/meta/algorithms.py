@@ -36,7 +36,6 @@ from torch.func import grad, grad_and_value, vmap
 from components.meta.tasks import TaskBatch
 from components.models.vae import (CONTEXT, MEMORY, ConvVAE, Weights, neg_elbo, per_pixel_loss, set_context, trunk,
                                    with_context)
-from components.params import MetaParams
 
 Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
 Impl = Literal["batched", "vmap", "loop"]
@@ -82,12 +81,6 @@ class AlgoConfig:
     inner_steps: int
     inner_lr: float
     keys: tuple[str, ...]
-
-    @classmethod
-    def from_params(cls, meta: MetaParams, model: ConvVAE) -> AlgoConfig:
-        # Reptile moves every weight toward the adapted ones: it adapts all of them.
-        scope = "all" if meta.algorithm == "reptile" else meta.adapt_scope
-        return cls(meta.algorithm, meta.inner_steps, meta.inner_lr, adapt_keys(model, scope))
 
 
 def _lr(lr: LR, key: str) -> float | Tensor:

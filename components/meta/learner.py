@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from components.errors import TrainingError
-from components.meta.algorithms import AlgoConfig, default_impl, key_shape, meta_gradients
+from components.meta.adaptation import AdaptationRule
+from components.meta.algorithms import AlgoConfig, adapt_keys, default_impl, key_shape, meta_gradients
 from components.meta.tasks import TaskBatch
 from components.models.vae import ConvVAE, Weights, param_dict
 from components.params import MetaParams
@@ -17,11 +18,17 @@ from components.params import MetaParams
 Reducer = Callable[[Tensor], Tensor]
 
 
+def algo_config(meta: MetaParams, model: ConvVAE) -> AlgoConfig:
+    """The meta-gradient's inner loop: the training rule (:meth:`AdaptationRule.for_training`)."""
+    rule = AdaptationRule.for_training(meta)
+    return AlgoConfig(meta.algorithm, rule.steps, rule.inner_lr, adapt_keys(model, rule.scope))
+
+
 class MetaLearner:
     def __init__(self, model: ConvVAE, meta: MetaParams) -> None:
         self.model = model
         self.meta = meta
-        self.algo = AlgoConfig.from_params(meta, model)
+        self.algo = algo_config(meta, model)
         self.impl = default_impl(model, self.algo, meta.vectorize)
         self.lrs: nn.ParameterDict | None = None
         if meta.algorithm == "metasgd":

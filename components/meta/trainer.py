@@ -60,20 +60,13 @@ def _nats(learner: MetaLearner, p: dict, x: torch.Tensor, eps: torch.Tensor) -> 
     return float(per_pixel_loss(learner.model, p, x, eps)) * learner.model.num_pixels
 
 
-def training_rule(meta: MetaParams) -> AdaptationRule:
-    """The inner loop as meta-training runs it (validation adapts exactly so)."""
-    scope = "all" if meta.algorithm == "reptile" else meta.adapt_scope
-    return AdaptationRule(steps=meta.inner_steps, inner_lr=meta.inner_lr, scope=scope,
-                          learned_lrs=meta.algorithm == "metasgd", sampling="prior", temperature=1.0)
-
-
 def validate(learner: MetaLearner, sampler: TaskSampler, n_tasks: int, seed: int) -> dict[str, float]:
     """Query negative ELBO (nats/image) after adapting on each task's support, and before
     (before: the set encoder's context without gradient steps, for a set-conditioned VAE)."""
     device = next(learner.model.parameters()).device
     batch = sampler.sample(step=0, batch_size=n_tasks).to(device)
     gen = torch.Generator().manual_seed(seed)
-    rule = training_rule(learner.meta)
+    rule = AdaptationRule.for_training(learner.meta)
     unadapted = replace(rule, steps=0)
     adapted, before = [], []
     base, lrs = learner.params(), learner.inner_lrs()
@@ -92,7 +85,7 @@ def validation_grid(learner: MetaLearner, sampler: TaskSampler, seed: int, tasks
     device = next(learner.model.parameters()).device
     batch = sampler.sample(step=0, batch_size=tasks).to(device)
     gen = torch.Generator().manual_seed(seed)
-    rule = training_rule(learner.meta)
+    rule = AdaptationRule.for_training(learner.meta)
     rows = []
     for t in range(len(batch)):
         support = batch.support[t]
