@@ -30,7 +30,7 @@ from components.evaluation.report import gate_markdown
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.data.prepare import load_split
-from components.evaluation.bootstrap import FidUnits, Moments, compare, load_units
+from components.evaluation.bootstrap import FidUnits, compare, fid_units, load_units
 from components.evaluation.evaluate import UNITS_FILE, evaluate
 from components.gate import Condition, GateRules, champion_condition, intervals_of, meta_row, own_conditions, rows_of
 from components.meta.trainer import Restored, TrainState, load_learner, rebuild_learner
@@ -337,7 +337,7 @@ def promote(
         theirs = champion_units(before)
         if (theirs.extractor, theirs.protocol) != (units.extractor, units.protocol):
             raise MetagenError(f"champion v{before}'s FID units are under other digests than v{version}'s")
-        iv = compare(Moments.of(units.model), {"champion": Moments.of(theirs.model)}, Moments.of(units.real),
+        iv = compare(fid_units(units.model), {"champion": fid_units(theirs.model)}, fid_units(units.real),
                      rules.bootstrap_samples, rules.seed, rules.confidence)["champion"]
         if key not in client.get_model_version(name, before).tags:
             retry_write(client.set_model_version_tag, name, before, key, repr(iv.other_fid))

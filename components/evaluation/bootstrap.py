@@ -4,9 +4,20 @@ The evaluation's FID of a model is the mean over repeats of the FID of all its s
 class pooled) against all held-out real images. Its noise comes from which classes were drawn and
 from each repeat's supports, so the bootstrap resamples exactly those units: the test classes with
 replacement (the same draw for every model: the comparison is paired) and the repeats with
-replacement, and recomputes each model's pooled FID on the resampled set from per-unit moments
-(count, sum, sum of outer products), which add. The difference of two models' FIDs then has an
-interval: the ``[1 - confidence, confidence]`` percentiles, whose upper end is a one-sided bound.
+replacement, and recomputes each model's pooled FID on the resampled set, exactly, in one of two
+forms (:func:`fid_units`):
+
+* :class:`Moments`, in feature space: per-unit count, sum and sum of outer products, which add;
+  each resampling's FID needs a d x d matrix square root (cheap for the 128-d domain features);
+* :class:`Samples`, in sample space, for wide features (the 2048-d Inception pool) where fewer
+  images than dimensions make every covariance low-rank: a resampling weights each image by its
+  class's count, and with ``S = A A^T`` (``A = X^T diag(sqrt w) P / sqrt(n - 1)``, ``P`` the
+  weighted centring projector) ``tr sqrt(S_m S_r)`` is the nuclear norm of ``A_m^T A_r``, an
+  images x images matrix built from the Gram matrices ``X_m X_r^T`` computed once. The d x d moments
+  of 2048-d features held 2 GB a model and took a 2048 x 2048 eigen-decomposition per resampling.
+
+The difference of two models' FIDs then has an interval: the ``[1 - confidence, confidence]``
+percentiles, whose upper end is a one-sided bound.
 """
 
 from __future__ import annotations
@@ -34,17 +45,107 @@ class Moments:
     s1: np.ndarray
     s2: np.ndarray
 
+    @property
+    def dim(self) -> int:
+        return int(self.s1.shape[-1])
+
     @classmethod
     def of(cls, units: Units, what: str = "features") -> Moments:
-        if not units or not units[0]:
-            raise MetagenError(f"{what}: no (repeat, class) units to bootstrap")
-        shape = (len(units), len(units[0]))
-        if any(len(r) != shape[1] for r in units):
-            raise MetagenError(f"{what}: every repeat must have the same classes")
+        _check_units(units, what)
         x = [[np.asarray(u, np.float64) for u in r] for r in units]
         return cls(np.array([[len(u) for u in r] for r in x], np.float64),
                    np.array([[u.sum(0) for u in r] for r in x]),
                    np.array([[u.T @ u for u in r] for r in x]))
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Per repeat: the images' features ``x`` [R] (N_r, d), each image's class ``labels`` [R] (N_r,)
+    and the Gram matrices are formed when a comparison needs them."""
+
+    x: tuple[np.ndarray, ...]
+    labels: tuple[np.ndarray, ...]
+    classes: int
+
+    @property
+    def n(self) -> np.ndarray:  # [R, C] counts, as Moments.n
+        return np.stack([np.bincount(lab, minlength=self.classes) for lab in self.labels]).astype(np.float64)
+
+    @property
+    def dim(self) -> int:
+        return int(self.x[0].shape[1])
+
+    @classmethod
+    def of(cls, units: Units, what: str = "features") -> Samples:
+        _check_units(units, what)
+        return cls(tuple(np.concatenate([np.asarray(u, np.float64) for u in r]) for r in units),
+                   tuple(np.concatenate([np.full(len(u), c) for c, u in enumerate(r)]) for r in units),
+                   len(units[0]))
+
+
+WIDE = 512  # features at least this wide are bootstrapped in sample space (:class:`Samples`)
+
+
+def fid_units(units: Units, what: str = "features") -> Moments | Samples:
+    """The exact bootstrap form for these features: sample space for wide ones, else moments."""
+    _check_units(units, what)
+    wide = np.asarray(units[0][0]).shape[-1] >= WIDE
+    return Samples.of(units, what) if wide else Moments.of(units, what)
+
+
+def _check_units(units: Units, what: str) -> None:
+    if not units or not units[0]:
+        raise MetagenError(f"{what}: no (repeat, class) units to bootstrap")
+    if any(len(r) != len(units[0]) for r in units):
+        raise MetagenError(f"{what}: every repeat must have the same classes")
+
+
+def _sample_space_fids(models: Mapping[Hashable, Samples], real: Samples,
+                       weights: np.ndarray) -> dict[Hashable, np.ndarray]:
+    """:func:`_fids` in sample space (see the module docstring): FID [B, R]."""
+    repeats = len(real.x)
+    out = {name: np.empty((len(weights), repeats)) for name in models}
+
+    def parts(g: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
+        """Weighted centred square root's factor (``D P``, rows with weight > 0), n, trace, mean-norm term."""
+        keep = w > 0
+        w = w[keep]
+        n = float(w.sum())
+        root = np.sqrt(w)
+        g = g[np.ix_(keep, keep)]
+        gw = g @ w
+        trace = (float(w @ np.diag(g)) - float(w @ gw) / n) / (n - 1)
+        return root, n, trace, keep
+
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=min(len(models), os.cpu_count() or 1)) as pool:
+        for r in range(repeats):
+            xr = real.x[r]
+            g_rr = xr @ xr.T
+
+            def fid(m: Samples, r: int = r, xr: np.ndarray = xr, g_rr: np.ndarray = g_rr) -> np.ndarray:
+                xm = m.x[r]
+                g_mm, g_mr = xm @ xm.T, xm @ xr.T
+                vals = np.empty(len(weights))
+                for b, wc in enumerate(weights):
+                    w_m, w_r = wc[m.labels[r]], wc[real.labels[r]]
+                    rm, n_m, tr_m, km = parts(g_mm, w_m)
+                    rr, n_r, tr_r, kr = parts(g_rr, w_r)
+                    wm, wr = w_m[km], w_r[kr]
+                    cross = g_mr[np.ix_(km, kr)]
+                    mean_sq = (float(wm @ g_mm[np.ix_(km, km)] @ wm) / n_m**2
+                               + float(wr @ g_rr[np.ix_(kr, kr)] @ wr) / n_r**2
+                               - 2 * float(wm @ cross @ wr) / (n_m * n_r))
+                    k = rm[:, None] * cross * rr[None, :]  # D_m G D_r, then both centrings
+                    ku, kv = rm @ k, k @ rr
+                    k = (k - np.outer(rm, ku) / n_m - np.outer(kv, rr) / n_r
+                         + np.outer(rm, rr) * float(rm @ k @ rr) / (n_m * n_r))
+                    nuclear = np.linalg.svd(k, compute_uv=False).sum() / np.sqrt((n_m - 1) * (n_r - 1))
+                    vals[b] = mean_sq + tr_m + tr_r - 2 * nuclear
+                return vals
+
+            for name, value in zip(models, pool.map(fid, models.values()), strict=True):
+                out[name][:, r] = value
+    return out
 
 
 def _sqrt_psd(m: np.ndarray) -> np.ndarray:
@@ -62,8 +163,13 @@ def _pooled(m: Moments, r: int, weights: np.ndarray) -> tuple[np.ndarray, np.nda
     return mu, (cov + np.swapaxes(cov, -1, -2)) / 2
 
 
-def _fids(models: Mapping[Hashable, Moments], real: Moments, weights: np.ndarray) -> dict[Hashable, np.ndarray]:
+FidForm = Moments | Samples
+
+
+def _fids(models: Mapping[Hashable, FidForm], real: FidForm, weights: np.ndarray) -> dict[Hashable, np.ndarray]:
     """FID [B, R] of each model for each class weighting (``weights`` [B, C]) and repeat."""
+    if isinstance(real, Samples):
+        return _sample_space_fids(models, real, weights)  # type: ignore[arg-type]
     repeats = real.n.shape[0]
     out = {name: np.empty((len(weights), repeats)) for name in models}
     # one model per thread (LAPACK frees the GIL), each on one BLAS thread: no oversubscription
@@ -86,25 +192,25 @@ def _fids(models: Mapping[Hashable, Moments], real: Moments, weights: np.ndarray
     return out
 
 
-def _check(models: Mapping[Hashable, Moments], real: Moments) -> None:
+def _check(models: Mapping[Hashable, FidForm], real: FidForm) -> None:
     for name, m in models.items():
-        if m.n.shape != real.n.shape or m.s1.shape[-1] != real.s1.shape[-1]:
-            raise MetagenError(f"{name}: its units {m.n.shape} x {m.s1.shape[-1]}-d do not pair with the real "
-                               f"images' {real.n.shape} x {real.s1.shape[-1]}-d")
+        if type(m) is not type(real) or m.n.shape != real.n.shape or m.dim != real.dim:
+            raise MetagenError(f"{name}: its units {m.n.shape} x {m.dim}-d do not pair with the real "
+                               f"images' {real.n.shape} x {real.dim}-d")
 
 
-def pooled_fid(model: Moments, real: Moments) -> float:
+def pooled_fid(model: FidForm, real: FidForm) -> float:
     """The evaluation's FID from the units: pooled over classes, averaged over repeats."""
     _check({"model": model}, real)
     return float(_fids({"m": model}, real, np.ones((1, real.n.shape[1])))["m"].mean())
 
 
-def bootstrap_fids(models: Mapping[Hashable, Moments], real: Moments, samples: int, seed: int,
+def bootstrap_fids(models: Mapping[Hashable, FidForm], real: FidForm, samples: int, seed: int,
                    block_bytes: float = 64e6) -> dict[Hashable, np.ndarray]:
     """Each model's FID under ``samples`` paired resamplings of classes and repeats: [samples]."""
     _check(models, real)
     repeats, classes = real.n.shape
-    d = real.s1.shape[-1]
+    d = real.dim if isinstance(real, Moments) else 1  # sample space: no d x d blocks
     rng = np.random.default_rng(seed)
     class_draws = rng.integers(0, classes, (samples, classes))
     repeat_draws = rng.integers(0, repeats, (samples, repeats))
@@ -147,7 +253,7 @@ class Interval:
                    float(d["confidence"]))
 
 
-def compare(model: Moments, others: Mapping[K, Moments], real: Moments, samples: int, seed: int,
+def compare(model: FidForm, others: Mapping[K, FidForm], real: FidForm, samples: int, seed: int,
             confidence: float) -> dict[K, Interval]:
     """``model``'s FID minus each other's, with the paired bootstrap interval of each difference."""
     if not 0.5 < confidence < 1:

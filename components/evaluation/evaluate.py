@@ -29,7 +29,7 @@ from components.evaluation.protocol import (
     real_units,
     select_classes,
 )
-from components.evaluation.bootstrap import FidUnits, Moments, compare, save_units
+from components.evaluation.bootstrap import FidUnits, compare, fid_units, save_units
 from components.evaluation.report import markdown_table
 from components.meta.generators import (
     MODES,
@@ -246,11 +246,11 @@ def score(
 def fid_comparisons(scores: Scores, real: list[list[np.ndarray]], ev: EvalParams) -> list[dict[str, Any]]:
     """The meta-model's FID (in ``eval.sampling``) minus every other row's, each with its paired
     bootstrap interval (:mod:`components.evaluation.bootstrap`)."""
-    others = {(name, mode): Moments.of(units, f"{name} ({mode})")
+    others = {(name, mode): fid_units(units, f"{name} ({mode})")
               for name, by_mode in scores.features.items() if name != "meta" for mode, units in by_mode.items()}
     with phase("FID bootstrap"):
-        intervals = compare(Moments.of(scores.features["meta"][ev.sampling], "meta"), others,
-                            Moments.of(real, "held-out images"), ev.bootstrap_samples, ev.seed, ev.confidence)
+        intervals = compare(fid_units(scores.features["meta"][ev.sampling], "meta"), others,
+                            fid_units(real, "held-out images"), ev.bootstrap_samples, ev.seed, ev.confidence)
     return [{"model": name, "sampling": mode, **iv.to_dict()} for (name, mode), iv in intervals.items()]
 
 

@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 
 from components.errors import MetagenError
-from components.evaluation.bootstrap import FidUnits, Moments, compare, load_units, pooled_fid, save_units
+from components.evaluation.bootstrap import (
+    WIDE,
+    FidUnits,
+    Moments,
+    Samples,
+    bootstrap_fids,
+    compare,
+    fid_units,
+    load_units,
+    pooled_fid,
+    save_units,
+)
 from components.evaluation.frechet import fid_from_features
 
 R, C, D = 3, 12, 4
@@ -50,6 +61,25 @@ def test_the_same_samples_give_a_zero_difference_and_the_same_seed_the_same_inte
     good, bad = _units(2), _units(3, shift=0.3)
     assert _interval(good, good) == (0.0, 0.0, 0.0)
     assert _interval(good, bad) == _interval(good, bad)
+
+
+def test_sample_space_gives_the_moments_figures() -> None:
+    """The wide-feature form (Gram matrices, nuclear norm) is the same FID under every resampling,
+    on features wide enough that every covariance is low-rank as well as on narrow ones."""
+    for d, n in ((D, 40), (64, 3)):
+        rng = np.random.default_rng(d)
+        real, a, b = ([[rng.normal(s, 1.0, (n + c % 2, d)) for c in range(C)] for _ in range(R)] for s in (0, 0.4, 0.1))
+        by_moments = bootstrap_fids({"a": Moments.of(a), "b": Moments.of(b)}, Moments.of(real), 200, 7)
+        by_samples = bootstrap_fids({"a": Samples.of(a), "b": Samples.of(b)}, Samples.of(real), 200, 7)
+        for name in ("a", "b"):
+            assert np.allclose(by_samples[name], by_moments[name], rtol=1e-7), (d, name)
+        expected = np.mean([fid_from_features(np.concatenate(m), np.concatenate(r)) for m, r in zip(a, real)])
+        assert pooled_fid(Samples.of(a), Samples.of(real)) == pytest.approx(expected, rel=1e-7)
+    assert isinstance(fid_units(_units(1)), Moments)
+    wide = [[np.zeros((2, WIDE)) + c for c in range(2)]]
+    assert isinstance(fid_units(wide), Samples)
+    with pytest.raises(MetagenError, match="do not pair"):
+        compare(Samples.of(_units(2)), {"other": Moments.of(_units(3))}, REAL, 10, 0, 0.95)
 
 
 def test_units_that_do_not_pair_are_refused() -> None:
