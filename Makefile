@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python benchmarks/meta_step.py
 	$(BIN)/python benchmarks/fid.py
 	$(BIN)/python benchmarks/bootstrap.py
+	$(BIN)/python benchmarks/bootstrap.py --dims 2048 --classes 20 --reference 1 --models 3
 	$(BIN)/python benchmarks/ray_train.py
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/eval_kernels.py
