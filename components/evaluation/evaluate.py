@@ -161,6 +161,34 @@ def choice_classes(val: Split, ev: EvalParams) -> Split:
     return select_classes(val, ev.lr_choice_classes, ev.seed + 1)
 
 
+@dataclass(frozen=True)
+class EvalContext:
+    """What the meta-model's and the references' scoring share, built once (:func:`eval_context`):
+    the test classes (a seeded subset), the meta-val classes settings are chosen on, the data
+    manifest, the protocol and the extractor with its held-out accuracy (domain)."""
+
+    test: Split
+    choice: Split
+    manifest: dict[str, Any]
+    protocol: Protocol
+    extractor: ex.FeatureExtractor
+    extractor_accuracy: float | None
+
+
+def eval_context(params: Params, prepared_dir: Path, features_dir: Path) -> EvalContext:
+    ev = params.eval
+    manifest = read_manifest(prepared_dir)
+    extractor, accuracy = load_extractor(params, features_dir)
+    return EvalContext(
+        test=select_classes(eval_split(prepared_dir, "test", params), ev.max_classes, ev.seed),
+        choice=choice_classes(eval_split(prepared_dir, "val", params), ev),
+        manifest=manifest,
+        protocol=Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"], params.model.binarize),
+        extractor=extractor,
+        extractor_accuracy=accuracy,
+    )
+
+
 @dataclass
 class Scores:
     """What scoring gives: the table's rows, the first repeat's samples, each model's settings
@@ -280,16 +308,13 @@ def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, 
 
 
 def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cache_dir: Path,
-                    mapper: Mapper | None = None) -> Scores:
+                    mapper: Mapper | None = None, context: EvalContext | None = None) -> Scores:
     """The references' scores, computed once per :func:`baselines_key` and cached in ``cache_dir``
-    (what `metagen run` starts while the meta-model trains)."""
+    (what `metagen run` starts while the meta-model trains); ``context``: the evaluation's, if built."""
     ev = params.eval
-    train, val, test = load_split(prepared_dir, "train"), eval_split(prepared_dir, "val", params), eval_split(prepared_dir, "test", params)
-    test = select_classes(test, ev.max_classes, ev.seed)
-    manifest = read_manifest(prepared_dir)
-    protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"], params.model.binarize)
-    extractor, _ = load_extractor(params, features_dir)
-    plain = baseline_vae_config(params, train)
+    ctx = context or eval_context(params, prepared_dir, features_dir)
+    manifest, protocol, extractor = ctx.manifest, ctx.protocol, ctx.extractor
+    plain = baseline_vae_config(params, load_split(prepared_dir, "train"))
     path = cache_dir / f"baselines-{baselines_key(params, manifest, protocol, extractor.digest, plain)}.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -302,7 +327,7 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
             FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
     choice_path = cache_dir / f"baselines-choice-{baselines_key(params, manifest, protocol, extractor.digest, plain, choice=True)}.json"
     selection = _cached_choice(choice_path, [gen.name for gen in gens])
-    scores = score_baselines(gens, test, choice_classes(val, ev), extractor, protocol,
+    scores = score_baselines(gens, ctx.test, ctx.choice, extractor, protocol,
                              params.registry.max_copy_rate, cache_dir / "fid-stats", mapper, selection)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if selection is None:
@@ -358,19 +383,17 @@ def evaluate(
     ``baselines=False``: the meta-model alone."""
     ev = params.eval
     with phase("load data and extractor"):
-        test = select_classes(eval_split(prepared_dir, "test", params), ev.max_classes, ev.seed)
-        manifest = read_manifest(prepared_dir)
-        protocol = Protocol(ev, params.meta.k_shot, manifest["splits"]["test"]["sha256"], params.model.binarize)
-        extractor, extractor_acc = load_extractor(params, features_dir)
+        ctx = eval_context(params, prepared_dir, features_dir)
+        test, protocol, extractor = ctx.test, ctx.protocol, ctx.extractor
     references = Scores([], {}, {}, {})
     if baselines:
         with phase("references (baselines, replay)"):
-            references = baseline_scores(params, prepared_dir, features_dir, cache_dir, mapper)
+            references = baseline_scores(params, prepared_dir, features_dir, cache_dir, mapper, ctx)
     meta = MetaGenerator(learner, rule)
     meta_choice = {"lr": rule.finetune_lr, "temperature": rule.temperature, "candidates": []}
     if choose:
-        meta, meta_choice = choose_meta_settings(meta, choice_classes(eval_split(prepared_dir, "val", params), ev),
-                                                 extractor, protocol, params.registry.max_copy_rate, mapper)
+        meta, meta_choice = choose_meta_settings(meta, ctx.choice, extractor, protocol, params.registry.max_copy_rate,
+                                                 mapper)
     rule = meta.rule
     scores = score(meta, references, test, extractor, protocol, cache_dir / "fid-stats", mapper)
     rows = scores.rows
@@ -391,7 +414,7 @@ def evaluate(
         "nll": nll_meaning(params.model.likelihood, params.model.binarize),
         "protocol": {"digest": protocol.digest, **ev.model_dump(mode="json"), "k_shot": params.meta.k_shot,
                      "test_classes": test.classes},
-        "extractor": {"name": extractor.name, "digest": extractor.digest, "heldout_accuracy": extractor_acc},
+        "extractor": {"name": extractor.name, "digest": extractor.digest, "heldout_accuracy": ctx.extractor_accuracy},
         "adaptation": rule.to_dict(),
         "rows": rows,
         "selection": selection,
