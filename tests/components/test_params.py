@@ -118,3 +118,12 @@ def test_finetune_lrs_need_a_positive_rate_and_no_negative_one(lrs: str) -> None
 def test_iwae_proposal_scales_must_be_distinct_and_positive(scales: str) -> None:
     with pytest.raises(ParamsError, match=r"eval\.nll_proposal_scales"):
         make_params(f"eval.nll_proposal_scales={scales}")
+
+
+def test_extractor_auto_is_inception_for_rgb_and_domain_for_grayscale() -> None:
+    assert make_params("data.channels=1").extractor_kind() == "domain"
+    assert make_params("data.channels=3").extractor_kind() == "inception"
+    assert make_params("data.channels=3", "eval.extractor=domain").extractor_kind() == "domain"
+    assert make_params("data.channels=1", "eval.extractor=inception").extractor_kind() == "inception"
+    with pytest.raises(ParamsError, match="eval.extractor"):
+        make_params("eval.extractor=clip")
