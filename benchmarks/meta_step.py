@@ -39,7 +39,7 @@ SETTINGS = {
 }
 # the whole-network VAE: `higher`'s recipe (the anchor) has no notion of a set encoder's context
 WHOLE_NETWORK = ["model.context_dim=0", "meta.adapt_scope=all", "meta.inner_lr=0.1"]
-PARAMS_FILE = {"omniglot": ROOT / "configs" / "omniglot.yaml"}
+OVERLAY = {"omniglot": ROOT / "configs" / "omniglot.yaml"}  # on params.yaml
 
 
 def _setup(setting: str, algo: str, batch: int, device: str):  # noqa: ANN202
@@ -52,7 +52,8 @@ def _setup(setting: str, algo: str, batch: int, device: str):  # noqa: ANN202
     from components.params import load_params
 
     extra = WHOLE_NETWORK if setting == "whole_network" else []
-    params = load_params(PARAMS_FILE.get(setting, ROOT / "params.yaml"), [f"meta.algorithm={algo}", f"meta.meta_batch_size={batch}", *extra])
+    params = load_params(ROOT / "params.yaml", [f"meta.algorithm={algo}", f"meta.meta_batch_size={batch}", *extra],
+                         overlay=OVERLAY.get(setting))
     cfg = VAEConfig.from_params(params.model, 1, 28)
     model = build_vae(cfg, 0).to(device)
     meta = param_dict(model)

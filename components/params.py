@@ -367,9 +367,34 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Validate ``path`` with ``overrides`` applied; an error says which of the two is at fault."""
+def overlay_updates(overlay: str | Path, base: dict[str, Any]) -> dict[str, Any]:
+    """A configuration overlay (``configs/*.yaml``: only what differs from params.yaml) as dotted
+    updates of ``base``; every key must be one of ``base``'s values (``tune.search_space`` whole)."""
+    raw = read_params_dict(overlay)
+    updates: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any, into: Any) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if not isinstance(into, dict) or key not in into:
+                raise ParamsError(f"{overlay}: {dotted} is not a key of params.yaml")
+            if isinstance(value, dict) and isinstance(into[key], dict) and dotted != "tune.search_space":
+                walk(f"{dotted}.", value, into[key])
+            else:
+                updates[dotted] = value
+
+    walk("", raw, base)
+    return updates
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None,
+                overlay: str | Path | None = None) -> Params:
+    """Validate ``path`` with an ``overlay`` file's values, then ``overrides``, applied; an error
+    says which is at fault."""
     base = read_params_dict(path)
+    if overlay is not None:
+        for key, value in overlay_updates(overlay, base).items():
+            base = set_path(base, key, value)
     raw = apply_overrides(base, overrides or [])
     try:
         return Params.model_validate(raw)

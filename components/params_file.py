@@ -10,7 +10,7 @@ import yaml
 
 from components.atomic import write_text_atomic
 from components.errors import ParamsError
-from components.params import read_params_dict, set_path, validate_params
+from components.params import overlay_updates, read_params_dict, set_path, validate_params
 
 
 def _dump_scalar(value: Any) -> str:
@@ -58,3 +58,12 @@ def update_params_file(path: Path, updates: dict[str, Any]) -> None:
     if yaml.safe_load(new_text) != expected:
         raise ParamsError(f"could not update {path} in place for {sorted(updates)}; edit it by hand")
     write_text_atomic(path, new_text)
+
+
+def apply_overlay(path: Path, overlay: Path) -> dict[str, Any]:
+    """Write a configuration overlay's values into ``path`` (validated, atomically, comments kept):
+    the one way a ``configs/*.yaml`` becomes the configuration DVC and every flow read."""
+    updates = overlay_updates(overlay, read_params_dict(path))
+    if updates:
+        update_params_file(path, updates)
+    return updates

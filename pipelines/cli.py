@@ -61,6 +61,22 @@ def _preflight(project_dir: Path, params_path: Path, overrides: list[str] | None
 
 
 @app.command()
+def configure(
+    overlay: Annotated[Path, typer.Argument(help="a configuration overlay, e.g. configs/omniglot.yaml")],
+    params_path: ParamsOpt = Path("params.yaml"),
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Write an overlay's values (only what differs from the defaults) into params.yaml, validated,
+    comments kept, so that DVC and every flow read them; `git checkout params.yaml` undoes it."""
+    from components.params_file import apply_overlay
+
+    updates = apply_overlay(project_dir / params_path, overlay)
+    console.print(f"{params_path}: {len(updates)} values from {overlay}")
+    for key, value in updates.items():
+        console.print(f"  {key}: {value!r}")
+
+
+@app.command()
 def ingest(
     source: Annotated[Optional[str], typer.Option(help="omniglot | digits | image_folder | celeba | archive")] = None,
     path: Annotated[Optional[str], typer.Option(help="the source's folder or archive")] = None,

@@ -127,3 +127,41 @@ def test_extractor_auto_is_inception_for_rgb_and_domain_for_grayscale() -> None:
     assert make_params("data.channels=1", "eval.extractor=inception").extractor_kind() == "inception"
     with pytest.raises(ParamsError, match="eval.extractor"):
         make_params("eval.extractor=clip")
+
+
+@pytest.mark.parametrize("name", ["omniglot", "faces", "celeba"])
+def test_each_configuration_overlay_applies_to_params_yaml(name: str, tmp_path: Path) -> None:
+    """configs/*.yaml hold only what differs from params.yaml: written into a copy of it, every
+    overlay value is there, every other value and comment is params.yaml's, and it loads as the
+    overlay does without the file step."""
+    from components.params_file import apply_overlay
+
+    overlay = PROJECT / "configs" / f"{name}.yaml"
+    target = tmp_path / "params.yaml"
+    target.write_text((PROJECT / "params.yaml").read_text())
+    updates = apply_overlay(target, overlay)
+    assert updates and all(key.split(".")[0] in {"data", "model", "meta", "train", "eval"} for key in updates)
+    defaults, written = flatten(load_params(PROJECT / "params.yaml")), flatten(load_params(target))
+    assert written == flatten(load_params(PROJECT / "params.yaml", overlay=overlay))
+    for key, value in written.items():
+        assert value == (updates[key] if key in updates else defaults[key]), key
+    assert all(v != defaults[k] for k, v in updates.items())  # an overlay holds only what differs
+    kept = [line for line in (PROJECT / "params.yaml").read_text().splitlines() if line.lstrip().startswith("#")]
+    assert kept and all(line in target.read_text() for line in kept)  # comments kept
+
+
+def test_a_bad_overlay_is_refused_and_params_yaml_is_untouched(tmp_path: Path) -> None:
+    from components.params_file import apply_overlay
+
+    target = tmp_path / "params.yaml"
+    target.write_text((PROJECT / "params.yaml").read_text())
+    before = target.read_text()
+    (tmp_path / "typo.yaml").write_text("model:\n  kl_wieght: 0.3\n")
+    with pytest.raises(ParamsError, match=r"typo.yaml: model.kl_wieght is not a key of params.yaml"):
+        apply_overlay(target, tmp_path / "typo.yaml")
+    (tmp_path / "bad.yaml").write_text("model:\n  kl_weight: -1\n")
+    with pytest.raises(ParamsError, match=r"model.kl_weight: must be > 0"):
+        apply_overlay(target, tmp_path / "bad.yaml")
+    with pytest.raises(ParamsError, match=r"params file not found: .*missing.yaml"):
+        apply_overlay(target, tmp_path / "missing.yaml")
+    assert target.read_text() == before
