@@ -65,3 +65,17 @@ def raise_if_stopped(step: int) -> None:
     reason = stop_reason()
     if reason is not None:
         raise TrainingStopped(f"{reason} (training stopped at meta-step {step})")
+
+
+class StopFlag:
+    """A Ray actor's body (0 CPUs; a plain class, so its process imports nothing heavy): the reason,
+    once set; the training workers read it about once a second."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def get(self) -> str | None:
+        return self.reason

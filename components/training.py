@@ -43,7 +43,7 @@ from components.meta.trainer import (
 )
 from components.models.vae import VAEConfig
 from components.params import Params, validate_params
-from components.stopping import TrainingStopped, raise_if_stopped, stop_reason, stop_requested_wait
+from components.stopping import StopFlag, TrainingStopped, raise_if_stopped, stop_reason, stop_requested_wait
 from components.threads import figure_threads
 from components.timing import phase
 from components.evaluation.parallel import Mapper, mapper_for
@@ -69,21 +69,29 @@ def _inject_fault(params: Params, step: int, rank: int, world: int, run_dir: Pat
     os._exit(1)
 
 
+STOP_POLL_S = 1.0
+
+
 class _RayHooks:
     """Ray Train worker: fault injection (tests), ``ray.train.report`` with a ``Checkpoint`` (rank 0)."""
 
     def __init__(self, learner: MetaLearner, params: Params, cfg: VAEConfig, shard: Shard, run_dir: Path,
                  stop_flag: Any = None) -> None:
         self.learner, self.params, self.cfg, self.shard, self.run_dir = learner, params, cfg, shard, run_dir
-        self.stop_flag = stop_flag
+        self.stop_flag, self.last_poll = stop_flag, time.monotonic()
 
     def before_step(self, step: int) -> None:
         _inject_fault(self.params, step, self.shard.rank, self.shard.world, self.run_dir)
 
     def stop_requested(self) -> bool:
+        """The stop flag, read at most once a second (a Ray call per meta-step would cost the training)."""
         import ray
 
-        return self.stop_flag is not None and ray.get(self.stop_flag.get.remote()) is not None
+        now = time.monotonic()
+        if self.stop_flag is None or now - self.last_poll < STOP_POLL_S:
+            return False
+        self.last_poll = now
+        return ray.get(self.stop_flag.get.remote()) is not None
 
     def after_step(self, state: TrainState, record: dict[str, float] | None, checkpoint: bool) -> None:
         import ray.train
@@ -198,19 +206,6 @@ def _init_ray(params: Params) -> None:
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False, runtime_env=runtime_env,
                  include_dashboard=True, dashboard_host="127.0.0.1")
-
-
-class StopFlag:
-    """A Ray actor's body (0 CPUs): the reason, once set; the workers read it every meta-step."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-
-    def set(self, reason: str) -> None:
-        self.reason = self.reason or reason
-
-    def get(self) -> str | None:
-        return self.reason
 
 
 @contextmanager
