@@ -1,5 +1,6 @@
 """Real faces, RGB, Gaussian likelihood: CelebA's layout through preparation, meta-training and
-the few-shot evaluation (skips where ../shared/data is absent)."""
+the few-shot evaluation, scored in the standard Inception network's space (the RGB default; skips
+where ../shared/data is absent)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def test_celeba_rgb_pipeline(tmp_path: Path) -> None:
         "meta.meta_batch_size=2", "train.steps=4", "train.val_every=2", "train.val_tasks=2", "eval.repeats=1",
         "eval.samples_per_class=8", "eval.kid_subset_size=8", "eval.kid_subsets=2", "eval.augment_steps=5",
         "eval.feature_steps=20", "eval.adapt_steps=1", "eval.min_extractor_accuracy=0", "eval.nll_samples=4",
+        "eval.finetune_lrs=[0.0, 0.001]", "eval.lr_choice_classes=2",  # Inception: ~0.13 s an image here
     )
     materialize_source(params.data, tmp_path / "raw")
     manifest = prepare(tmp_path / "raw", tmp_path / "prepared", params.data)
@@ -38,7 +40,9 @@ def test_celeba_rgb_pipeline(tmp_path: Path) -> None:
     build_domain_features(params, tmp_path / "prepared", tmp_path / "features")
     out = evaluate(learner, AdaptationRule.from_params(params), params, tmp_path / "prepared", tmp_path / "reports",
                    tmp_path / "features", tmp_path / "cache", baselines=False)
-    rows = json.loads(out.report_path.read_text())["rows"]
+    report = json.loads(out.report_path.read_text())
+    assert report["extractor"]["name"] == "inception" and report["extractor"]["digest"].startswith("fid-inception-")
+    rows = report["rows"]
     assert all(math.isfinite(r["fid_mean"]) for r in rows)
     with Image.open(tmp_path / "reports" / "grid_meta_support.png") as img:
         assert img.mode == "RGB"
