@@ -80,11 +80,14 @@ class ModelParams(_Section):
     kl_weight: float = Field(default=1.0, gt=0, le=1)  # beta of the set-VAE's training objective (baselines: 1)
     support_attention: bool = False  # the set-VAE's decoder attends over the supports' feature maps
     binarize: bool = False  # binary pixels, drawn with each grey level's probability: anew in training, once for evaluation
+    arch: Literal["conv", "ladder"] = "conv"  # conv: one latent vector an image; ladder: two levels of spatial latents, the context at every scale
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
         if self.binarize and self.likelihood != "bernoulli":
             raise ValueError("model.binarize needs model.likelihood bernoulli (the likelihood of binary pixels)")
+        if self.arch == "ladder" and self.support_attention:
+            raise ValueError("model.support_attention is for model.arch conv (the ladder reads the supports at every scale)")
         return self
 
 

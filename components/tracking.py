@@ -260,7 +260,7 @@ def _baseline_params(params: Params, rows: list[dict[str, Any]], name: str) -> d
     row = next(r for r in rows if r["model"] == name)
     out: dict[str, Any] = {"meta.k_shot": params.meta.k_shot, "eval.repeats": params.eval.repeats,
                            "eval.samples_per_class": params.eval.samples_per_class, "eval.seed": params.eval.seed,
-                           "model.latent_dim": params.model.latent_dim, "model.width": params.model.width,
+                           "model.arch": params.model.arch, "model.latent_dim": params.model.latent_dim, "model.width": params.model.width,
                            "adapt_steps": row["adapt_steps"], "adapt_lr": row["adapt_lr"],
                            "sampling_temperature": row["temperature"]}
     if name == "pretrain":

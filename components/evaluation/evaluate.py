@@ -42,7 +42,7 @@ from components.meta.generators import (
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.meta.trainer import vae_config
-from components.models.vae import ConvVAE, VAEConfig, param_dict
+from components.models.vae import ConvVAE, VAEConfig, new_vae, param_dict
 from components.params import EvalParams, Params
 from components.threads import figure_threads, torch_threads
 from components.timing import phase
@@ -129,7 +129,7 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
         **({"binarize": True} if params.model.binarize else {}),  # (absent when off: the caches made before it hold)
     }, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"pretrain-{key}.pt"
-    model = ConvVAE(cfg)
+    model = new_vae(cfg)
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model
@@ -324,7 +324,7 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
     with phase("pretrain baseline"):
         pre_model = reference_pretrain(params, prepared_dir, cache_dir)
     gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.finetune_steps),
-            FinetuneGenerator("scratch", ConvVAE(plain), None, ev.scratch_steps)]
+            FinetuneGenerator("scratch", new_vae(plain), None, ev.scratch_steps)]
     choice_path = cache_dir / f"baselines-choice-{baselines_key(params, manifest, protocol, extractor.digest, plain, choice=True)}.json"
     selection = _cached_choice(choice_path, [gen.name for gen in gens])
     scores = score_baselines(gens, ctx.test, ctx.choice, extractor, protocol,

@@ -67,7 +67,7 @@ class AdaptationRule:
               generator: torch.Generator) -> Weights:
         """Adapt a copy of ``params`` (plus the set encoder's context) on ``support``; no graph kept."""
         lr: float | Weights = lrs if (self.learned_lrs and lrs is not None) else self.inner_lr
-        eps = torch.randn(max(self.steps, 1), support.shape[0], model.cfg.latent_dim, generator=generator)
+        eps = torch.randn(max(self.steps, 1), support.shape[0], model.noise_dim, generator=generator)
         start = with_context(model, params, support)
         fast = adapt(model, start, support, self.steps, lr, eps.to(support), adapt_keys(model, self.scope))
         return finetune(model, fast, support, self.finetune_steps, self.finetune_lr, generator)
@@ -94,7 +94,7 @@ def finetune(
     opt = torch.optim.Adam([v for v in leaves.values() if v.requires_grad], lr=lr, fused=fused)
     with torch.enable_grad():  # also where the caller samples under no_grad (validation grids)
         for _ in range(steps):
-            eps = torch.randn(support.shape[0], model.cfg.latent_dim, generator=generator, dtype=support.dtype)
+            eps = torch.randn(support.shape[0], model.noise_dim, generator=generator, dtype=support.dtype)
             loss = per_pixel_loss(model, leaves, support, eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -43,7 +43,6 @@ LR = float | Mapping[str, Tensor]
 
 
 SCOPES = ("all", "decoder", "head", "film", "context")
-SET_ENCODER = ("set_embed.", "set_head.")
 
 
 def adapt_keys(model: ConvVAE, scope: str) -> tuple[str, ...]:
@@ -51,18 +50,20 @@ def adapt_keys(model: ConvVAE, scope: str) -> tuple[str, ...]:
     the FiLM layer, or (set-conditioned VAE) the class context alone. A set-conditioned VAE always
     adapts its context too."""
     # the set encoder only makes the starting context: adapting it after that changes nothing
-    names = [n for n, _ in model.named_parameters() if not n.startswith(SET_ENCODER)]
+    names = [n for n, _ in model.named_parameters() if not n.startswith(model.SET_ENCODER)]
     ctx = (CONTEXT,) if model.conditional else ()
     if scope in ("film", "context") and not model.conditional:
         raise ValueError(f"meta.adapt_scope {scope!r} needs a set-conditioned VAE (model.context_dim > 0)")
+    if scope == "film" and not model.FILM:
+        raise ValueError("meta.adapt_scope 'film' needs model.arch conv (the ladder has no FiLM layer)")
     if scope == "all":
         return ctx + tuple(names)
     if scope == "decoder":
-        return ctx + tuple(n for n in names if n.startswith(("dec_in.", "decoder.", "film.")) or n == "log_sigma")
+        return ctx + tuple(n for n in names if n.startswith(model.DECODER) or n == "log_sigma")
     if scope == "head":
-        return ctx + tuple(n for n in names if n.startswith("dec_in."))
+        return ctx + tuple(n for n in names if n.startswith(model.HEAD))
     if scope == "film":
-        return ctx + tuple(n for n in names if n.startswith("film."))
+        return ctx + tuple(n for n in names if n.startswith(model.FILM))
     if scope == "context":
         return ctx
     raise ValueError(f"meta.adapt_scope must be one of {', '.join(SCOPES)}, got {scope!r}")
@@ -71,7 +72,7 @@ def adapt_keys(model: ConvVAE, scope: str) -> tuple[str, ...]:
 def key_shape(model: ConvVAE, key: str) -> torch.Size:
     """Shape of an adaptable entry (a weight, or the context): Meta-SGD's learned rates match it."""
     if key == CONTEXT:
-        return torch.Size([model.cfg.context_dim])
+        return torch.Size([model.context_size])
     return dict(model.named_parameters())[key].shape
 
 
@@ -157,8 +158,8 @@ def _task_fns(model: ConvVAE, cfg: AlgoConfig):  # noqa: ANN202
         loss = per_pixel_loss(model, adapted, query, eps_q)
         direction = {k: meta[k] - adapted[k] for k in meta}
         if model.conditional:
-            set_part = {k: v for k, v in meta.items() if k.startswith(SET_ENCODER)}
-            rest = {k: v.detach() for k, v in meta.items() if not k.startswith(SET_ENCODER)}
+            set_part = {k: v for k, v in meta.items() if k.startswith(model.SET_ENCODER)}
+            rest = {k: v.detach() for k, v in meta.items() if not k.startswith(model.SET_ENCODER)}
             direction.update(grad(lambda p: _context_pull(model, {**rest, **p}, support, adapted[CONTEXT].detach(),
                                                           keep))(set_part))
         return loss, direction
@@ -228,7 +229,7 @@ def meta_gradients_loop(
                 loss = per_pixel_loss(model, fast, query, eps_q)
                 task = {k: leaves[k] - fast[k] for k in leaves}
             if model.conditional:
-                set_keys = [k for k in leaves if k.startswith(SET_ENCODER)]
+                set_keys = [k for k in leaves if k.startswith(model.SET_ENCODER)]
                 pull = _context_pull(model, {k: leaves[k] for k in set_keys} | {k: v.detach() for k, v in leaves.items()
                                                                                  if k not in set_keys},
                                      support, fast[CONTEXT].detach(), keep)

@@ -193,7 +193,7 @@ def pretrain_vae(
     losses: list[float] = []
     for step in range(steps):
         idx = torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen)
-        eps = torch.randn(len(idx), cfg.latent_dim, generator=gen)
+        eps = torch.randn(len(idx), model.noise_dim, generator=gen)
         x = binarize(data[idx], gen) if binary else data[idx]
         loss = model(x, eps).mean() / model.num_pixels
         opt.zero_grad(set_to_none=True)

@@ -19,7 +19,7 @@ from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoin
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner, Reducer
 from components.meta.tasks import TaskBatch, TaskSampler
-from components.models.vae import VAEConfig, build_vae, per_pixel_loss
+from components.models.vae import VAEConfig, build_vae, new_vae, per_pixel_loss
 from components.params import MetaParams, Params
 from components.stopping import raise_if_stopped, stop_reason
 
@@ -35,15 +35,17 @@ def build_learner(meta: MetaParams, cfg: VAEConfig, seed: int) -> MetaLearner:
     return MetaLearner(build_vae(cfg, seed=seed), meta)
 
 
-def make_sampler(params: Params, split: Split, seed: int, training: bool = True) -> TaskSampler:
+def make_sampler(params: Params, split: Split, seed: int, training: bool = True,
+                 noise_dim: int | None = None) -> TaskSampler:
     """Meta-training's tasks (rotated classes until ``meta.upright_steps`` before the end, context
     dropout), or with ``training=False`` validation's: upright classes and their full context, the
-    tasks the evaluation and the users give."""
+    tasks the evaluation and the users give. ``noise_dim``: the model's noise an image (default:
+    that of the model ``params`` builds)."""
     meta, binary = params.meta, params.model.binarize
+    noise = new_vae(vae_config(params, split)).noise_dim if noise_dim is None else noise_dim
     if not training:
-        return TaskSampler(split, meta.k_shot, meta.k_query, params.model.latent_dim, meta.inner_steps, seed,
-                           binarize=binary)
-    return TaskSampler(split, meta.k_shot, meta.k_query, params.model.latent_dim, meta.inner_steps, seed,
+        return TaskSampler(split, meta.k_shot, meta.k_query, noise, meta.inner_steps, seed, binarize=binary)
+    return TaskSampler(split, meta.k_shot, meta.k_query, noise, meta.inner_steps, seed,
                        rotate_classes=meta.rotate_classes, context_dropout=meta.context_dropout,
                        rotate_until=max(params.train.steps - meta.upright_steps, 0), binarize=binary)
 
@@ -209,8 +211,9 @@ def run_loop(learner: MetaLearner, params: Params, state: TrainState, train: Spl
     record, validate (rank 0) and hand over to the hooks to report and checkpoint."""
     shard = shard or Shard()
     t = params.train
-    sampler = make_sampler(params, train, t.seed)
-    val_sampler = make_sampler(params, val, t.seed + 1, training=False)
+    noise = learner.model.noise_dim
+    sampler = make_sampler(params, train, t.seed, noise_dim=noise)
+    val_sampler = make_sampler(params, val, t.seed + 1, training=False, noise_dim=noise)
     last = t.steps if last is None else min(last, t.steps)
     done, started = 0, time.perf_counter()
     while state.step < last and not hooks.stop_requested():

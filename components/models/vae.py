@@ -37,6 +37,8 @@ Weights = dict[str, Tensor]
 CONTEXT = "context"  # the task-specific entry of a parameter dict (not a network weight)
 MEMORY = "memory"  # the supports' trunk features the decoder attends over (task data, never adapted)
 TASK_KEYS = (CONTEXT, MEMORY)
+LOGVAR_RANGE = (-10.0, 6.0)  # every Gaussian's log-variance is clamped to it
+ARCHS = ("conv", "ladder")  # ConvVAE (one latent vector an image) | LadderVAE (components.models.ladder)
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,12 @@ class VAEConfig:
     context_dim: int = 0  # 0: the unconditional VAE (the baselines' architecture)
     kl_weight: float = 1.0  # beta of the training/adaptation objective; the IWAE NLL never uses it
     support_attention: bool = False  # the decoder attends over the supports' feature maps (needs context_dim > 0)
+    arch: str = "conv"  # one of ARCHS
 
     @classmethod
     def from_params(cls, model: ModelParams, channels: int, image_size: int) -> VAEConfig:
         return cls(channels, image_size, model.latent_dim, model.width, model.likelihood, model.groupnorm_groups,
-                   model.context_dim, model.kl_weight, model.support_attention)
+                   model.context_dim, model.kl_weight, model.support_attention, model.arch)
 
 
 def _norm(groups: int, ch: int) -> nn.Module:
@@ -64,7 +67,40 @@ def _norm(groups: int, ch: int) -> nn.Module:
     return nn.GroupNorm(g, ch)
 
 
-class ConvVAE(nn.Module):
+class VAEBase(nn.Module):
+    """What every architecture shares: its config, its size, and the likelihood of its output."""
+
+    cfg: VAEConfig
+
+    @property
+    def num_pixels(self) -> int:
+        return self.cfg.channels * self.cfg.image_size * self.cfg.image_size
+
+    @property
+    def conditional(self) -> bool:
+        return self.cfg.context_dim > 0
+
+    def mean_image(self, out: Tensor) -> Tensor:
+        return torch.sigmoid(out)
+
+    def log_likelihood(self, out: Tensor, x: Tensor) -> Tensor:
+        """log p(x | z) per image of the decoder's output ``out``: Bernoulli logits, or discretized
+        Gaussian means (pre-sigmoid) with the per-channel ``log_sigma``."""
+        if self.cfg.likelihood == "bernoulli":
+            ll = -F.binary_cross_entropy_with_logits(out, x, reduction="none")
+        else:
+            log_sigma = self.log_sigma.clamp(min=-5.0).view(1, -1, 1, 1)
+            ll = discretized_gaussian_log_prob(x, torch.sigmoid(out), log_sigma)
+        return ll.flatten(1).sum(-1)
+
+
+class ConvVAE(VAEBase):
+    # parameter-name prefixes of the parts meta.adapt_scope names
+    SET_ENCODER = ("set_embed.", "set_head.")
+    DECODER = ("dec_in.", "decoder.", "film.")
+    HEAD = ("dec_in.",)
+    FILM = ("film.",)
+
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         if cfg.image_size not in (28, 32, 64):
@@ -114,17 +150,19 @@ class ConvVAE(nn.Module):
             self.log_sigma = nn.Parameter(torch.full((cfg.channels,), -2.0))
 
     @property
-    def num_pixels(self) -> int:
-        return self.cfg.channels * self.cfg.image_size * self.cfg.image_size
-
-    @property
-    def conditional(self) -> bool:
-        return self.cfg.context_dim > 0
-
-    @property
     def attends(self) -> bool:
         """The decoder attends over the supports (a set-conditioned VAE with ``support_attention``)."""
         return self.conditional and self.cfg.support_attention
+
+    @property
+    def noise_dim(self) -> int:
+        """Reparameterisation noise an image: the latent vector."""
+        return self.cfg.latent_dim
+
+    @property
+    def context_size(self) -> int:
+        """The class context's length (0: unconditional)."""
+        return self.cfg.context_dim
 
     # --- pieces --------------------------------------------------------------------------
     def _with_context(self, h: Tensor, context: Tensor | None) -> Tensor:
@@ -181,14 +219,14 @@ class ConvVAE(nn.Module):
             zeros = torch.zeros(n, latent, dtype=self.dec_in.weight.dtype, device=self.dec_in.weight.device)
             return zeros, zeros
         mu, logvar = self.prior_head(context).chunk(2, dim=-1)
-        return mu.expand(n, -1), logvar.clamp(-10.0, 6.0).expand(n, -1)
+        return mu.expand(n, -1), logvar.clamp(*LOGVAR_RANGE).expand(n, -1)
 
     def encode(self, x: Tensor, context: Tensor | None = None, features: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """q(z | x, c); ``features`` = ``self.encoder(x)`` when the caller already has it (the
         trunk does not depend on the context, so an inner loop on the context computes it once)."""
         h = self.enc_head(self._with_context(self.encoder(x) if features is None else features, context))
         mu, logvar = h.chunk(2, dim=-1)
-        return mu, logvar.clamp(-10.0, 6.0)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
 
     def decode(self, z: Tensor, context: Tensor | None = None, memory: Tensor | None = None) -> Tensor:
         """Decoder output: Bernoulli logits or Gaussian pre-sigmoid means."""
@@ -208,25 +246,15 @@ class ConvVAE(nn.Module):
                 offset, block = offset + 2 * c, block + 1
         return h
 
-    def mean_image(self, out: Tensor) -> Tensor:
-        return torch.sigmoid(out)
-
-    def log_likelihood(self, out: Tensor, x: Tensor) -> Tensor:
-        if self.cfg.likelihood == "bernoulli":
-            ll = -F.binary_cross_entropy_with_logits(out, x, reduction="none")
-        else:
-            log_sigma = self.log_sigma.clamp(min=-5.0).view(1, -1, 1, 1)
-            ll = discretized_gaussian_log_prob(x, torch.sigmoid(out), log_sigma)
-        return ll.flatten(1).sum(-1)
-
     # --- the pure function --------------------------------------------------------------
     def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo", context: Tensor | None = None,
                 features: Tensor | None = None, memory: Tensor | None = None,
-                proposal_scale: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+                proposal_scale: Tensor | None = None, mode: str = "prior", support: Tensor | None = None,
+                pick: Tensor | None = None, temperature: float = 1.0) -> Tensor | tuple[Tensor, Tensor]:
         """Per-image negative ELBO (nats) given the reparameterisation noise ``eps``.
 
-        ``part`` = ``"encode"`` / ``"decode"`` / ``"set"`` / ``"prior"`` / ``"iwae"`` / ``"trunk"``
-        exposes the pieces through the same entry point, so that ``functional_call`` runs them
+        ``part`` = ``"encode"`` / ``"decode"`` / ``"set"`` / ``"prior"`` / ``"iwae"`` / ``"trunk"`` /
+        ``"sample"`` (decoder outputs for the noise ``x``, see :func:`sample`) exposes the pieces through the same entry point, so that ``functional_call`` runs them
         with a parameter dict too. ``features``: the trunk's output for ``x``, if already computed.
         """
         if part == "trunk":
@@ -241,6 +269,8 @@ class ConvVAE(nn.Module):
             return self.prior(context, int(x.shape[0]))
         if part == "iwae":
             return self._log_weights(x, eps, context, memory, proposal_scale)
+        if part == "sample":
+            return self._sample(x, mode, context, memory, support, pick, temperature)
         if eps is None:
             raise ValueError("the ELBO needs reparameterisation noise eps")
         mu, logvar = self.encode(x, context, features)
@@ -249,6 +279,18 @@ class ConvVAE(nn.Module):
         p_mu, p_logvar = self.prior(context, x.shape[0])
         kl = 0.5 * (p_logvar - logvar + (logvar.exp() + (mu - p_mu).pow(2)) / p_logvar.exp() - 1.0).sum(-1)
         return self.cfg.kl_weight * kl - self.log_likelihood(out, x)
+
+    def _sample(self, noise: Tensor, mode: str, context: Tensor | None, memory: Tensor | None,
+                support: Tensor | None, pick: Tensor | None, temperature: float) -> Tensor:
+        """Decoder outputs for ``noise`` ``(n, latent)``: z from the class prior (``prior``) or from
+        the posteriors of the supports ``pick`` chose (``support``), scaled by ``temperature``."""
+        if mode == "prior":
+            p_mu, p_logvar = self.prior(context, noise.shape[0])
+            z = p_mu + temperature * noise * (0.5 * p_logvar).exp()
+        else:
+            mu, logvar = self.encode(support, context)
+            z = mu[pick] + temperature * noise * (0.5 * logvar[pick]).exp()
+        return self.decode(z, context, memory)
 
     def _log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None, memory: Tensor | None,
                      proposal_scale: Tensor | None = None) -> Tensor:
@@ -301,10 +343,21 @@ def _log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return (-0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi))).sum(-1)
 
 
+def new_vae(cfg: VAEConfig) -> ConvVAE:
+    """The generator ``cfg.arch`` names (the ladder is a :class:`ConvVAE` in interface)."""
+    if cfg.arch == "ladder":
+        from components.models.ladder import LadderVAE  # the ladder builds on this module's pieces
+
+        return LadderVAE(cfg)  # type: ignore[return-value]
+    if cfg.arch != "conv":
+        raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
+    return ConvVAE(cfg)
+
+
 def build_vae(cfg: VAEConfig, seed: int) -> ConvVAE:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ConvVAE(cfg)
+        return new_vae(cfg)
 
 
 def param_dict(model: nn.Module) -> Weights:
@@ -382,7 +435,7 @@ def iwae_nll(model: ConvVAE, params: Weights, x: Tensor, samples: int, generator
     proposal tightens the bound at equal cost. ``layout``: the memory layout of the images and the
     convolutions' weights (the same values either way; ``contiguous`` is PyTorch's default).
     """
-    latent, j = model.cfg.latent_dim, len(proposal_scales)
+    latent, j = model.noise_dim, len(proposal_scales)
     if j == 0 or min(proposal_scales) <= 0:
         raise ValueError(f"proposal_scales must be positive, got {proposal_scales}")
     counts = [samples // j + (1 if i < samples % j else 0) for i in range(j)]
@@ -417,18 +470,14 @@ def sample(
     ``temperature``. ``support``: z from the equal mixture of q(z|x_k) over the K support images,
     scaled by ``temperature`` around each component's mean.
     """
-    latent = model.cfg.latent_dim
     device = next(iter(params.values())).device
-    noise = torch.randn(n, latent, generator=generator).to(device)
-    if mode == "prior":
-        p_mu, p_logvar = _call(model, params, (noise,), "prior")
-        z = p_mu + temperature * noise * (0.5 * p_logvar).exp()
-    elif mode == "support":
+    noise = torch.randn(n, model.noise_dim, generator=generator).to(device)
+    pick = None
+    if mode == "support":
         if support is None or len(support) == 0:
             raise ValueError("support sampling needs support images")
-        mu, logvar = encode(model, params, support)
         pick = torch.randint(0, len(support), (n,), generator=generator).to(device)
-        z = mu[pick] + temperature * noise * (0.5 * logvar[pick]).exp()
-    else:
+    elif mode != "prior":
         raise ValueError(f"sampling mode must be 'prior' or 'support', got {mode!r}")
-    return model.mean_image(decode(model, params, z))
+    out = _call(model, params, (noise,), "sample", mode=mode, support=support, pick=pick, temperature=temperature)
+    return model.mean_image(out)

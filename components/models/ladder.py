@@ -1,0 +1,234 @@
+"""The ladder: a hierarchical set-conditioned VAE (``model.arch: ladder``).
+
+Two levels of spatial latent variables, top-down as in the ladder VAE (Sønderby et al. 2016) and
+NVAE: ``z2`` on the coarse grid (image / 4), ``z1`` on the fine grid (image / 2), with
+``p(z2 | c) p(z1 | z2, c) p(x | z1, z2, c)`` and ``q(z2 | x, c) q(z1 | x, z2, c)``. The class
+context ``c`` is a set of maps at every scale, read from the K supports permutation-invariantly
+(the mean of their encoder maps at each scale, then a residual block; at full resolution the mean
+support image itself): the convolutional context of the convolutional Neural Statistician and
+of SCHA-VAE (Giannone & Winther 2022), here deterministic (no set-level latent variable). Every
+prior and posterior and the decoder read the context at their own scale, so what the supports
+share is where each level's latents are predicted.
+
+The interface is :class:`components.models.vae.ConvVAE`'s: ``forward(x, eps, part=...)`` is a pure
+function of the parameter dict (``functional_call``), the reparameterisation noise is one flat
+vector an image (:attr:`noise_dim`: both levels' latents), the context one flat vector a class
+(:attr:`context_size`), so MAML / Reptile / Meta-SGD, the batched meta-step, the fine-tuning, the
+IWAE likelihood and sampling all run on it unchanged. With ``context_dim = 0`` it is the same
+hierarchy without the set: the baselines' architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from components.models.vae import LOGVAR_RANGE, VAEBase, VAEConfig, _log_normal, _norm
+
+Level = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # z, q mean, q log-variance, p mean, p log-variance
+
+
+class _Block(nn.Module):
+    """A residual block: a 1x1 skip and two 3x3 convolutions (GroupNorm, SiLU)."""
+
+    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.norm = _norm(groups, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.skip = nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.conv2(F.silu(self.norm(self.conv1(F.silu(x)))))
+
+
+def _cat(*maps: Tensor | None) -> Tensor:
+    return torch.cat([m for m in maps if m is not None], dim=1)
+
+
+class LadderVAE(VAEBase):
+    # parameter-name prefixes of the parts meta.adapt_scope names (as ConvVAE's; no FiLM layer)
+    SET_ENCODER = ("set1.", "set2.")
+    DECODER = ("prior2.", "dec2.", "up2.", "prior1.", "dec1.", "up1.", "out.")
+    HEAD = ("dec2.",)
+    FILM: tuple[str, ...] = ()
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        if cfg.image_size not in (28, 32, 64):
+            raise ValueError(f"image_size must be 28, 32 or 64, got {cfg.image_size}")
+        if cfg.support_attention:
+            raise ValueError("model.support_attention is for model.arch conv; the ladder reads the supports at every scale")
+        self.cfg = cfg
+        w, zc, cc, g, ch = cfg.width, cfg.latent_dim, cfg.context_dim, cfg.groupnorm_groups, cfg.channels
+        stem = 1 if cfg.image_size == 64 else 0  # 64 px: one more halving before the two latent grids
+        self.fine = cfg.image_size // 2 ** (stem + 1)
+        self.coarse = self.fine // 2
+        self.stem = nn.Conv2d(ch, w, 4, 2, 1) if stem else nn.Identity()
+        self.enc1 = nn.Sequential(nn.Conv2d(w if stem else ch, w, 4, 2, 1), _Block(w, w, g))
+        self.enc2 = nn.Sequential(_Block(w, 2 * w, g), nn.Conv2d(2 * w, 2 * w, 4, 2, 1))
+        if cc:
+            self.set1 = _Block(w, cc, g)
+            self.set2 = _Block(2 * w, cc, g)
+            self.prior2 = _Block(cc, 2 * zc, g)
+        self.post2 = _Block(2 * w + cc, 2 * zc, g)
+        self.dec2 = _Block(zc + cc, 2 * w, g)
+        self.up2 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1)
+        self.post1 = _Block(2 * w + cc, 2 * zc, g)
+        self.prior1 = _Block(w + cc, 2 * zc, g)
+        self.dec1 = _Block(w + zc + cc, w, g)
+        self.up1 = nn.Sequential(nn.ConvTranspose2d(w, w, 4, 2, 1), *([nn.SiLU(), nn.ConvTranspose2d(w, w, 4, 2, 1)]
+                                                                      if stem else []))
+        self.out = nn.Conv2d(w + (ch if cc else 0), ch, 3, 1, 1)  # + the supports' mean image
+        if cfg.likelihood == "gaussian":
+            self.log_sigma = nn.Parameter(torch.full((ch,), -2.0))
+
+    # --- sizes -----------------------------------------------------------------------------
+    @property
+    def attends(self) -> bool:
+        return False
+
+    @property
+    def noise_dim(self) -> int:
+        """Reparameterisation noise an image: both levels' latents, flat."""
+        return self.cfg.latent_dim * (self.coarse**2 + self.fine**2)
+
+    @property
+    def context_size(self) -> int:
+        """The class context, flat: the mean support image and the context maps of both scales."""
+        if not self.conditional:
+            return 0
+        return self.num_pixels + self.cfg.context_dim * (self.fine**2 + self.coarse**2)
+
+    # --- pieces ----------------------------------------------------------------------------
+    def encoder(self, x: Tensor) -> Tensor:
+        """The trunk: both scales' maps of ``x``, flat ``(n, F)`` (they do not see the context)."""
+        h1 = self.enc1(self.stem(x))
+        return torch.cat([h1.flatten(1), self.enc2(h1).flatten(1)], dim=1)
+
+    def _maps(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        w, n = self.cfg.width, features.shape[0]
+        split = w * self.fine**2
+        return (features[:, :split].view(n, w, self.fine, self.fine),
+                features[:, split:].view(n, 2 * w, self.coarse, self.coarse))
+
+    def set_context(self, support: Tensor, features: Tensor | None = None) -> Tensor:
+        """Permutation-invariant context of the K supports ``(..., K, C, H, W)``: ``(..., context_size)``."""
+        lead, k = support.shape[:-4], support.shape[-4]
+        flat = support.reshape(-1, *support.shape[-3:])
+        h1, h2 = self._maps(self.encoder(flat) if features is None else features)
+
+        def pooled(m: Tensor) -> Tensor:
+            return m.view(-1, k, *m.shape[1:]).mean(1)
+
+        parts = [pooled(flat), self.set1(pooled(h1)), self.set2(pooled(h2))]
+        return torch.cat([p.flatten(1) for p in parts], dim=1).view(*lead, -1)
+
+    def _context_maps(self, context: Tensor | None, n: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        if not self.conditional:
+            return None, None, None
+        if context is None:
+            raise ValueError("a set-conditioned VAE needs a class context (the set encoder's output)")
+        c = context.expand(n, -1) if context.dim() == 1 else context
+        cc, ch, size = self.cfg.context_dim, self.cfg.channels, self.cfg.image_size
+        a, b = self.num_pixels, self.num_pixels + cc * self.fine**2
+        return (c[:, :a].reshape(n, ch, size, size), c[:, a:b].reshape(n, cc, self.fine, self.fine),
+                c[:, b:].reshape(n, cc, self.coarse, self.coarse))
+
+    def _split_noise(self, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """The coarse level's noise, then the fine level's."""
+        n, zc, top = noise.shape[0], self.cfg.latent_dim, self.cfg.latent_dim * self.coarse**2
+        return (noise[:, :top].reshape(n, zc, self.coarse, self.coarse),
+                noise[:, top:].reshape(n, zc, self.fine, self.fine))
+
+    @staticmethod
+    def _gaussian(h: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
+
+    def _prior2(self, c2: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        if c2 is None:
+            zeros = torch.zeros_like(like)
+            return zeros, zeros
+        return self._gaussian(self.prior2(c2))
+
+    def _path(self, noise: Tensor, ctx: tuple, scale: Tensor | float = 1.0,
+              posterior: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, list[Level]]:
+        """Top-down: each level's z drawn from its posterior (given the trunk maps ``posterior``)
+        or, without them, its prior, its noise times ``scale``; the decoder's output and each
+        level's (z, q, p)."""
+        c0, c1, c2 = ctx
+        e2, e1 = self._split_noise(noise)
+        p2 = self._prior2(c2, e2)
+        q2 = self._gaussian(self.post2(_cat(posterior[1], c2))) if posterior is not None else p2
+        z2 = q2[0] + scale * e2 * (0.5 * q2[1]).exp()
+        d = self.up2(self.dec2(_cat(z2, c2)))
+        p1 = self._gaussian(self.prior1(_cat(d, c1)))
+        q1 = self._gaussian(self.post1(_cat(posterior[0], d, c1))) if posterior is not None else p1
+        z1 = q1[0] + scale * e1 * (0.5 * q1[1]).exp()
+        out = self.out(_cat(F.silu(self.up1(self.dec1(_cat(d, z1, c1)))), c0))
+        return out, [(z2, *q2, *p2), (z1, *q1, *p1)]
+
+    # --- the pure function ---------------------------------------------------------------
+    def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo", context: Tensor | None = None,
+                features: Tensor | None = None, memory: Tensor | None = None,
+                proposal_scale: Tensor | None = None, mode: str = "prior", support: Tensor | None = None,
+                pick: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """Per-image negative ELBO (nats, KL in closed form at each level given the level above);
+        ``part`` = ``"trunk"`` / ``"set"`` / ``"iwae"`` / ``"sample"`` as :class:`ConvVAE`'s."""
+        if part == "trunk":
+            return self.encoder(x)
+        if part == "set":
+            return self.set_context(x, features)
+        if part == "iwae":
+            return self._log_weights(x, eps, context, proposal_scale)
+        if part == "sample":
+            return self._sample(x, mode, context, support, pick, temperature)
+        if eps is None:
+            raise ValueError("the ELBO needs reparameterisation noise eps")
+        n = x.shape[0]
+        maps = self._maps(self.encoder(x) if features is None else features)
+        out, levels = self._path(eps, self._context_maps(context, n), posterior=maps)
+        kl = sum(_kl(q_mu, q_lv, p_mu, p_lv) for _, q_mu, q_lv, p_mu, p_lv in levels)
+        return self.cfg.kl_weight * kl - self.log_likelihood(out, x)
+
+    def _log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None,
+                     proposal_scale: Tensor | None = None) -> Tensor:
+        """log p(x, z_s) - log r(z_s | x) for ``eps`` ``(S, n, noise_dim)``: ``(S, n)``; r is the
+        posterior, or the stratified mixture of it widened by each distinct ``proposal_scale``
+        (every level's standard deviation times the component's scale, as ConvVAE's)."""
+        s, n = eps.shape[0], x.shape[0]
+        h1, h2 = self._maps(self.encoder(x))
+        maps = (h1.repeat(s, 1, 1, 1), h2.repeat(s, 1, 1, 1))
+        ctx = tuple(None if c is None else c.repeat(s, 1, 1, 1) for c in self._context_maps(context, n))
+        scale = 1.0 if proposal_scale is None else proposal_scale.repeat_interleave(n).view(-1, 1, 1, 1)
+        out, levels = self._path(eps.reshape(s * n, -1), ctx, scale, posterior=maps)
+        log_px = self.log_likelihood(out, x.repeat(s, 1, 1, 1))
+        log_pz = sum(_log_normal(z.flatten(1), p_mu.flatten(1), p_lv.flatten(1)) for z, _, _, p_mu, p_lv in levels)
+        if proposal_scale is None:
+            log_qz = sum(_log_normal(z.flatten(1), q_mu.flatten(1), q_lv.flatten(1)) for z, q_mu, q_lv, _, _ in levels)
+        else:
+            scales, counts = torch.unique(proposal_scale, return_counts=True)
+            comps = torch.stack([sum(_log_normal(z.flatten(1), q_mu.flatten(1), q_lv.flatten(1) + 2.0 * torch.log(c))
+                                     for z, q_mu, q_lv, _, _ in levels) for c in scales])  # (J, S*n)
+            log_qz = torch.logsumexp(comps + torch.log(counts.to(comps) / s).view(-1, 1), dim=0)
+        return (log_px + log_pz - log_qz).view(s, n)
+
+    def _sample(self, noise: Tensor, mode: str, context: Tensor | None, support: Tensor | None,
+                pick: Tensor | None, temperature: float) -> Tensor:
+        """Decoder outputs for ``noise`` ``(n, noise_dim)``: every level from its prior
+        (``prior``), or from the posteriors of the supports ``pick`` chose (``support``), the
+        noise scaled by ``temperature``."""
+        n = noise.shape[0]
+        ctx = self._context_maps(context, n)
+        if mode == "prior":
+            return self._path(noise, ctx, temperature)[0]
+        h1, h2 = self._maps(self.encoder(support))
+        return self._path(noise, ctx, temperature, posterior=(h1[pick], h2[pick]))[0]
+
+
+def _kl(q_mu: Tensor, q_lv: Tensor, p_mu: Tensor, p_lv: Tensor) -> Tensor:
+    """KL(q || p) of diagonal Gaussians, summed over all but the first dimension."""
+    return 0.5 * (p_lv - q_lv + (q_lv.exp() + (q_mu - p_mu).pow(2)) / p_lv.exp() - 1.0).flatten(1).sum(-1)
+

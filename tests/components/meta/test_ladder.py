@@ -1,0 +1,157 @@
+"""The ladder (hierarchical set-conditioned VAE): the set-VAE's checks on it (permutation invariance,
+the batched meta-step equal to the per-task loop, second-order gradients against finite
+differences), a likelihood estimate that is a bound and tightens, and sampling at both levels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.meta.algorithms import AlgoConfig, adapt_keys, key_shape, meta_gradients
+from components.meta.tasks import TaskBatch
+from components.models.vae import CONTEXT, VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict, sample, with_context
+
+
+def _model(context: int = 4, likelihood: str = "bernoulli", size: int = 28):  # noqa: ANN202
+    cfg = VAEConfig(1, size, 2, 4, likelihood, 2, context, arch="ladder")
+    model = build_vae(cfg, seed=0).double()
+    return model, param_dict(model)
+
+
+def _batch(model, b: int = 2, k: int = 3, q: int = 2, steps: int = 2) -> TaskBatch:  # noqa: ANN001
+    g = torch.Generator().manual_seed(0)
+    n = model.noise_dim
+    return TaskBatch(torch.rand(b, k, 1, 28, 28, generator=g, dtype=torch.float64).round(),
+                     torch.rand(b, q, 1, 28, 28, generator=g, dtype=torch.float64).round(),
+                     torch.randn(b, steps, k + q, n, generator=g, dtype=torch.float64),
+                     torch.randn(b, q, n, generator=g, dtype=torch.float64), tuple(range(b)))
+
+
+def test_sizes_and_the_unconditional_ladder() -> None:
+    model, params = _model()
+    assert model.noise_dim == 2 * (7 * 7 + 14 * 14)  # latent channels x both grids
+    assert model.context_size == 28 * 28 + 4 * (14 * 14 + 7 * 7)  # mean support image + both scales' maps
+    big, _ = _model(size=64)
+    assert big.noise_dim == 2 * (8 * 8 + 16 * 16)
+    plain, plain_params = _model(context=0)
+    assert not plain.conditional and plain.context_size == 0
+    x = _batch(plain).query[0]
+    assert neg_elbo(plain, plain_params, x, torch.zeros(2, plain.noise_dim, dtype=torch.float64)).shape == (2,)
+    with pytest.raises(ValueError, match="class context"):
+        neg_elbo(model, params, x, torch.zeros(2, model.noise_dim, dtype=torch.float64))
+
+
+def test_context_is_permutation_invariant_and_reads_the_supports() -> None:
+    model, params = _model()
+    batch = _batch(model, k=3)
+    support, x, eps = batch.support[0], batch.query[0], batch.eps_query[0]
+    a = with_context(model, params, support)
+    b = with_context(model, params, support[torch.tensor([2, 0, 1])])
+    assert a[CONTEXT].shape == (model.context_size,)
+    assert torch.allclose(a[CONTEXT], b[CONTEXT], atol=1e-12)
+    assert torch.allclose(neg_elbo(model, a, x, eps), neg_elbo(model, b, x, eps), atol=1e-10)
+    other = with_context(model, params, batch.support[1])
+    assert float((neg_elbo(model, other, x, eps) - neg_elbo(model, a, x, eps)).abs().max()) > 1e-6
+    # a batch of tasks' contexts are each task's own
+    both = with_context(model, params, batch.support)[CONTEXT]
+    assert torch.allclose(both[1], other[CONTEXT], atol=1e-12)
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd"])
+def test_batched_context_step_equals_loop(algo: str) -> None:
+    model, params = _model()
+    keys = adapt_keys(model, "context")
+    cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
+    lrs = {CONTEXT: torch.full(key_shape(model, CONTEXT), 0.3, dtype=torch.float64)} if algo == "metasgd" else None
+    b = _batch(model, b=3)
+    l1, g1 = meta_gradients(model, params, lrs, b, cfg, impl="batched")
+    l2, g2 = meta_gradients(model, params, lrs, b, cfg, impl="loop")
+    assert set(g1) == set(g2)
+    assert abs(float(l1 - l2)) <= 1e-10
+    assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-8
+    assert float(g1["set1.conv2.weight"].abs().max()) > 0  # the set encoder is trained
+
+
+@pytest.mark.parametrize("algo", ["maml", "reptile"])
+def test_all_weights_vmap_equals_loop(algo: str) -> None:
+    model, params = _model()
+    cfg = AlgoConfig(algo, 1, 0.05, adapt_keys(model, "all"))  # type: ignore[arg-type]
+    b = _batch(model)
+    l1, g1 = meta_gradients(model, params, None, b, cfg, impl="vmap")
+    l2, g2 = meta_gradients(model, params, None, b, cfg, impl="loop")
+    assert abs(float(l1 - l2)) <= 1e-10
+    assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-6
+
+
+def test_second_order_context_maml_matches_finite_differences() -> None:
+    model, params = _model()
+    cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "context"))
+    b = _batch(model)
+    _, g = meta_gradients(model, params, None, b, cfg, impl="loop")
+    gen = torch.Generator().manual_seed(1)
+    direction = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+    h = 1e-5
+
+    def loss_at(sign: float) -> float:
+        p = {k: v + sign * h * direction[k] for k, v in params.items()}
+        return float(meta_gradients(model, p, None, b, cfg, impl="batched")[0])
+
+    numeric = (loss_at(1) - loss_at(-1)) / (2 * h)
+    analytic = sum(float((g[k] * direction[k]).sum()) for k in params)
+    assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-9)
+
+
+def test_iwae_is_a_bound_that_tightens_and_the_widened_proposal_is_one() -> None:
+    """One sample from q is the ELBO's scale; many give a lower (tighter) estimate, with q or with the
+    widened mixture; a mixture whose every component has scale 1 is q itself (the same weights)."""
+    model, params = _model()
+    batch = _batch(model)
+    start = with_context(model, params, batch.support[0])
+    x = batch.query[0]
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(400, 2, model.noise_dim, generator=g, dtype=torch.float64)
+    elbo = torch.stack([neg_elbo(model, start, x, e) for e in eps]).mean(0)
+    one = iwae_nll(model, start, x, 1, torch.Generator().manual_seed(1))
+    many = iwae_nll(model, start, x, 2000, torch.Generator().manual_seed(2))
+    wide = iwae_nll(model, start, x, 2000, torch.Generator().manual_seed(3), proposal_scales=(1.0, 1.5, 2.0))
+    assert bool((many < elbo - 1.0).all()) and bool((wide < elbo - 1.0).all()), (many, wide, elbo)
+    assert float((one - elbo).abs().max()) < 0.2 * float(elbo.abs().max())
+    e = eps[:8]
+    plain = model(x, e, part="iwae", context=start[CONTEXT])
+    ones = model(x, e, part="iwae", context=start[CONTEXT], proposal_scale=torch.ones(8, dtype=torch.float64))
+    assert torch.allclose(plain, ones, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["prior", "support"])
+def test_samples_are_images_that_depend_on_the_class(mode: str) -> None:
+    model, params = _model()
+    batch = _batch(model)
+    one = with_context(model, params, batch.support[0])
+    two = with_context(model, params, batch.support[1])
+    a = sample(model, one, 4, torch.Generator().manual_seed(0), mode, batch.support[0], 0.8)
+    b = sample(model, two, 4, torch.Generator().manual_seed(0), mode, batch.support[1], 0.8)
+    assert a.shape == (4, 1, 28, 28) and bool(((a >= 0) & (a <= 1)).all())
+    assert float((a - b).abs().max()) > 1e-6
+
+
+def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) -> None:  # noqa: ANN001
+    """The project's path with ``model.arch: ladder``: in-process meta-training (the batched context
+    step), the checkpoint it restores from, and the adaptation rule evaluation and serving use."""
+    from components.data.prepare import load_split
+    from components.meta.adaptation import AdaptationRule
+    from components.meta.trainer import load_learner, train_local
+    from tests.conftest import make_params
+
+    params = make_params("model.arch=ladder", "model.latent_dim=2", "model.width=8", "model.context_dim=4",
+                         "meta.meta_batch_size=2", "meta.k_query=3", "train.steps=4", "train.val_tasks=2",
+                         "train.val_every=2", "train.report_every=2", "train.checkpoint_every=2",
+                         "eval.adapt_steps=1", "eval.finetune_lrs=[0.0, 0.001]")
+    result = train_local(params, digits_prepared, tmp_path, progress=False)
+    restored = load_learner(result.checkpoint)
+    assert type(restored.learner.model).__name__ == "LadderVAE" and restored.state.step == 4
+    support = torch.from_numpy(load_split(digits_prepared, "test").images[:5])
+    rule = AdaptationRule.from_params(params)
+    images = rule.generate(restored.learner.model, restored.learner.params(), None, support, 6,
+                           torch.Generator().manual_seed(0))
+    assert images.shape == (6, *support.shape[1:]) and bool(torch.isfinite(images).all())
+    assert [h["val_loss"] for h in result.history if "val_loss" in h]
