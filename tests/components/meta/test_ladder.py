@@ -4,6 +4,13 @@ differences), a likelihood estimate that is a bound and tightens, and sampling a
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -155,3 +162,14 @@ def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) 
                            torch.Generator().manual_seed(0))
     assert images.shape == (6, *support.shape[1:]) and bool(torch.isfinite(images).all())
     assert [h["val_loss"] for h in result.history if "val_loss" in h]
+    # the experiment that compares amortised inference with context steps runs on this checkpoint
+    script = Path(__file__).parents[3] / "experiments" / "context_steps" / "run.py"
+    env = {**os.environ, "PYTHONPATH": str(script.parents[2])}
+    assert "--checkpoint" in subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                                            env=env, check=True).stdout
+    done = subprocess.run([sys.executable, str(script), "--checkpoint", str(result.checkpoint), "--prepared",
+                           str(digits_prepared), "--steps", "0", "1", "--lrs", "1", "--classes", "2", "--images", "2",
+                           "--samples", "3"], capture_output=True, text=True, env=env, check=True)
+    report = json.loads(done.stdout)
+    assert set(report["nll"]) == {"amortised", "1 steps at lr 1"}
+    assert all(math.isfinite(v["mean"]) for v in report["nll"].values())
