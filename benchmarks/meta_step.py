@@ -113,6 +113,10 @@ def child(setting: str, algo: str, impl: str, batch: int, steps: int, threads: i
     def run():  # noqa: ANN202
         if impl == "higher":
             return _higher_grads(model, meta, tasks, acfg)
+        if impl == "loop":  # the per-task loop a user would write: the tests' reference
+            from tests.components.meta.reference_loop import meta_gradients_loop
+
+            return meta_gradients_loop(model, meta, lrs, tasks, acfg)
         return meta_gradients(model, meta, lrs, tasks, acfg, impl=impl)
 
     loss, grads = run()  # warm-up (and the gradients to compare)

@@ -51,7 +51,7 @@ EMBEDDED_SOURCES = ("omniglot", "digits")  # shipped with metagen: no data.path
 
 class DataParams(_Section):
     source: Literal["omniglot", "digits", "image_folder", "celeba", "archive"]
-    path: str | None = None
+    path: str | None
     raw_dir: str
     prepared_dir: str
     channels: Literal[1, 3]
@@ -60,8 +60,8 @@ class DataParams(_Section):
     on_bad_image: Literal["skip", "fail"]
     on_duplicate: Literal["skip", "fail"]
     max_image_pixels: int = Field(ge=1)
-    max_archive_members: int = Field(default=100_000, ge=1)
-    max_archive_bytes: int = Field(default=8 * 2**30, ge=1)
+    max_archive_members: int = Field(ge=1)
+    max_archive_bytes: int = Field(ge=1)
     split: SplitParams
 
     @model_validator(mode="after")
@@ -77,10 +77,10 @@ class ModelParams(_Section):
     likelihood: Literal["bernoulli", "gaussian"]
     groupnorm_groups: int = Field(ge=0)
     context_dim: int = Field(ge=0)
-    kl_weight: float = Field(default=1.0, gt=0, le=1)  # beta of the set-VAE's training objective (baselines: 1)
-    support_attention: bool = False  # the set-VAE's decoder attends over the supports' feature maps
-    binarize: bool = False  # binary pixels, drawn with each grey level's probability: anew in training, once for evaluation
-    arch: Literal["conv", "ladder"] = "conv"  # conv: one latent vector an image; ladder: two levels of spatial latents, the context at every scale
+    kl_weight: float = Field(gt=0, le=1)  # beta of the set-VAE's training objective (baselines: 1)
+    support_attention: bool  # the set-VAE's decoder attends over the supports' feature maps
+    binarize: bool  # binary pixels, drawn with each grey level's probability: anew in training, once for evaluation
+    arch: Literal["conv", "ladder"]  # conv: one latent vector an image; ladder: two levels of spatial latents, the context at every scale
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
@@ -101,10 +101,9 @@ class MetaParams(_Section):
     outer_lr: float = Field(gt=0)
     adapt_scope: Literal["all", "decoder", "head", "film", "context"]
     grad_clip: float = Field(gt=0)
-    vectorize: bool
     rotate_classes: bool
-    context_dropout: float = Field(default=0.0, ge=0, lt=1)  # share of tasks that start from a null context
-    upright_steps: int = Field(default=0, ge=0)  # with rotate_classes: the last N meta-steps draw upright classes only
+    context_dropout: float = Field(ge=0, lt=1)  # share of tasks that start from a null context
+    upright_steps: int = Field(ge=0)  # with rotate_classes: the last N meta-steps draw upright classes only
 
 
 @dataclass(frozen=True)
@@ -226,7 +225,7 @@ class EvalParams(_Section):
     bootstrap_samples: int = Field(ge=100)
     confidence: float = Field(gt=0.5, lt=1)
     reports_dir: str
-    distributed: bool = True  # spread classes and scoring over Ray (RAY_ADDRESS or a local Ray); false: in-process
+    distributed: bool  # spread classes and scoring over Ray (RAY_ADDRESS or a local Ray); false: in-process
 
     @field_validator("temperatures")
     @classmethod

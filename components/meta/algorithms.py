@@ -6,7 +6,7 @@ takes SGD steps on the keys of ``meta.adapt_scope`` (the context alone is CAVIA)
 uses the inner loop's displacement as a constant (``start + stopgrad(adapted - start)``), so the
 gradient still reaches the set encoder through the starting context.
 
-Three implementations of the same meta-gradient:
+Two implementations of the same meta-gradient:
 
 * ``batched``: when the inner loop adapts the context alone (CAVIA, the default), every task shares
   the network's weights, so the tasks of a meta-batch run as one batch: one forward over all tasks'
@@ -14,12 +14,13 @@ Three implementations of the same meta-gradient:
   on its own context only), one backward to the weights. MAML (second order), first-order MAML and
   Meta-SGD; exact, not an approximation;
 * ``vmap``: ``torch.func`` (``grad`` through the inner loop, ``vmap`` over the tasks of a
-  meta-batch), after PyTorch's functorch MAML example: any scope;
-* ``loop``: a plain per-task ``torch.autograd.grad`` loop (``create_graph`` for second order), the
-  recipe of learn2learn and higher, the reference the tests compare against and the baseline of
-  ``benchmarks/meta_step.py``.
+  meta-batch), after PyTorch's functorch MAML example: any scope.
 
-All three return the mean over tasks of each task's outer loss and meta-gradient. For Reptile the
+The plain per-task ``torch.autograd.grad`` loop (learn2learn's and higher's recipe) is the
+reference both are tested against (``tests/components/meta/reference_loop.py``) and the baseline of
+``benchmarks/meta_step.py``; it is not a training path.
+
+Both return the mean over tasks of each task's outer loss and meta-gradient. For Reptile the
 "gradient" is ``theta - theta'`` (the Reptile direction, fed to the outer optimizer).
 """
 
@@ -38,7 +39,7 @@ from components.models.vae import (CONTEXT, MEMORY, ConvVAE, Weights, neg_elbo, 
                                    with_context)
 
 Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
-Impl = Literal["batched", "vmap", "loop"]
+Impl = Literal["batched", "vmap"]
 LR = float | Mapping[str, Tensor]
 
 
@@ -84,7 +85,7 @@ class AlgoConfig:
     keys: tuple[str, ...]
 
 
-def _lr(lr: LR, key: str) -> float | Tensor:
+def lr_of(lr: LR, key: str) -> float | Tensor:
     return lr[key] if isinstance(lr, Mapping) else lr
 
 
@@ -113,11 +114,11 @@ def adapt(
 
         g = grad(loss_fn)({k: fast[k] for k in keys})
         for k in keys:
-            fast[k] = fast[k] - _lr(inner_lr, k) * g[k]
+            fast[k] = fast[k] - lr_of(inner_lr, k) * g[k]
     return fast
 
 
-def _context_pull(model: ConvVAE, meta: Weights, support: Tensor, target: Tensor, keep: Tensor | float = 1.0) -> Tensor:
+def context_pull(model: ConvVAE, meta: Weights, support: Tensor, target: Tensor, keep: Tensor | float = 1.0) -> Tensor:
     """Reptile for the set encoder: half the squared distance from its context to the adapted one
     (its gradient is the Reptile direction ``c0 - c_adapted`` carried back to the set encoder)."""
     start = with_context(model, meta, support, keep)[CONTEXT]
@@ -160,7 +161,7 @@ def _task_fns(model: ConvVAE, cfg: AlgoConfig):  # noqa: ANN202
         if model.conditional:
             set_part = {k: v for k, v in meta.items() if k.startswith(model.SET_ENCODER)}
             rest = {k: v.detach() for k, v in meta.items() if not k.startswith(model.SET_ENCODER)}
-            direction.update(grad(lambda p: _context_pull(model, {**rest, **p}, support, adapted[CONTEXT].detach(),
+            direction.update(grad(lambda p: context_pull(model, {**rest, **p}, support, adapted[CONTEXT].detach(),
                                                           keep))(set_part))
         return loss, direction
 
@@ -176,69 +177,6 @@ def meta_gradients_vectorized(
         meta, lr, batch.support, batch.query, batch.eps_inner, batch.eps_query, batch.keep().to(batch.support)
     )
     return losses.mean(), {k: v.mean(0) for k, v in grads.items()}
-
-
-# --- plain loop (reference) --------------------------------------------------------------------
-def _adapt_autograd(
-    model: ConvVAE, fast: Weights, x: Tensor, eps: Tensor, cfg: AlgoConfig, lrs: LR, create_graph: bool
-) -> Weights:
-    fast = dict(fast)
-    for s in range(cfg.inner_steps):
-        # fresh graph nodes for the adapted entries: the inner gradient is the partial derivative
-        # (the context, computed from the encoder's weights, is an input of its own, as in torch.func)
-        inputs = {k: (v.view_as(v) if k in cfg.keys else v) for k, v in fast.items()}
-        loss = per_pixel_loss(model, inputs, x, eps[s, : x.shape[0]])
-        gs = torch.autograd.grad(loss, [inputs[k] for k in cfg.keys], create_graph=create_graph)
-        for k, g in zip(cfg.keys, gs, strict=True):
-            fast[k] = fast[k] - _lr(lrs, k) * g
-    return fast
-
-
-def meta_gradients_loop(
-    model: ConvVAE, meta: Weights, lrs: Weights | None, batch: TaskBatch, cfg: AlgoConfig
-) -> tuple[Tensor, dict[str, Tensor]]:
-    total: dict[str, Tensor] = {}
-    losses = []
-    for t in range(len(batch)):
-        leaves = {k: v.detach().requires_grad_(True) for k, v in meta.items()}
-        lr_leaves = {k: v.detach().requires_grad_(True) for k, v in lrs.items()} if lrs is not None else None
-        lr: LR = lr_leaves if lr_leaves is not None else cfg.inner_lr
-        support, query = batch.support[t], batch.query[t]
-        eps_in, eps_q = batch.eps_inner[t], batch.eps_query[t]
-        keep = batch.keep().to(support)[t]
-        start = with_context(model, leaves, support, keep)
-        if cfg.algorithm in ("maml", "metasgd"):
-            fast = _adapt_autograd(model, start, support, eps_in, cfg, lr, create_graph=True)
-            loss = per_pixel_loss(model, fast, query, eps_q)
-            wrt = list(leaves.items()) + ([(f"lr::{k}", v) for k, v in lr_leaves.items()] if lr_leaves else [])
-            gs = torch.autograd.grad(loss, [v for _, v in wrt], allow_unused=True)
-            task = {k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(wrt, gs, strict=True)}
-        elif cfg.algorithm == "fomaml":
-            detached = {k: v.detach().requires_grad_(True) for k, v in start.items()}
-            fast = _adapt_autograd(model, detached, support, eps_in, cfg, lr, create_graph=False)
-            moved = {k: start[k] + (fast[k] - start[k]).detach() for k in start}
-            loss = per_pixel_loss(model, moved, query, eps_q)
-            names = list(leaves)
-            task = dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True),
-                            strict=True))
-            task = {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in task.items()}
-        else:  # reptile
-            data = torch.cat([support, query])
-            fast = _adapt_autograd(model, start, data, eps_in, cfg, lr, create_graph=False)
-            with torch.no_grad():
-                loss = per_pixel_loss(model, fast, query, eps_q)
-                task = {k: leaves[k] - fast[k] for k in leaves}
-            if model.conditional:
-                set_keys = [k for k in leaves if k.startswith(model.SET_ENCODER)]
-                pull = _context_pull(model, {k: leaves[k] for k in set_keys} | {k: v.detach() for k, v in leaves.items()
-                                                                                 if k not in set_keys},
-                                     support, fast[CONTEXT].detach(), keep)
-                task.update(zip(set_keys, torch.autograd.grad(pull, [leaves[k] for k in set_keys]), strict=True))
-        losses.append(loss.detach())
-        for k, g in task.items():
-            total[k] = total.get(k, 0) + g.detach()
-    n = len(batch)
-    return torch.stack(losses).mean(), {k: v / n for k, v in total.items()}
 
 
 # --- batched (context adaptation: the tasks share every weight) ---------------------------------
@@ -297,22 +235,19 @@ def meta_gradients_batched(
     return loss.detach(), grads
 
 
-IMPLEMENTATIONS = {"batched": meta_gradients_batched, "vmap": meta_gradients_vectorized, "loop": meta_gradients_loop}
+IMPLEMENTATIONS = {"batched": meta_gradients_batched, "vmap": meta_gradients_vectorized}
 
 
-def default_impl(model: ConvVAE, cfg: AlgoConfig, vectorize: bool) -> Impl:
-    """Batched when it applies (measured fastest: benchmarks/meta_step.py), else vmap or the loop."""
-    if batchable(model, cfg):
-        return "batched"
-    return "vmap" if vectorize else "loop"
+def default_impl(model: ConvVAE, cfg: AlgoConfig) -> Impl:
+    """Batched when it applies (measured fastest: benchmarks/meta_step.py), else vmap."""
+    return "batched" if batchable(model, cfg) else "vmap"
 
 
 def meta_gradients(
-    model: ConvVAE, meta: Weights, lrs: Weights | None, batch: TaskBatch, cfg: AlgoConfig, vectorize: bool = True,
-    impl: Impl | None = None,
+    model: ConvVAE, meta: Weights, lrs: Weights | None, batch: TaskBatch, cfg: AlgoConfig, impl: Impl | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Mean outer loss and meta-gradient; ``impl`` picks the implementation (default: ``vmap`` if
-    ``vectorize`` else ``loop``)."""
+    """Mean outer loss and meta-gradient; ``impl`` picks the implementation (default:
+    :func:`default_impl`)."""
     if cfg.algorithm == "metasgd" and lrs is None:
         raise ValueError("Meta-SGD needs per-parameter learning rates")
-    return IMPLEMENTATIONS[impl or ("vmap" if vectorize else "loop")](model, meta, lrs, batch, cfg)
+    return IMPLEMENTATIONS[impl or default_impl(model, cfg)](model, meta, lrs, batch, cfg)

@@ -29,7 +29,7 @@ class MetaLearner:
         self.model = model
         self.meta = meta
         self.algo = algo_config(meta, model)
-        self.impl = default_impl(model, self.algo, meta.vectorize)
+        self.impl = default_impl(model, self.algo)
         self.lrs: nn.ParameterDict | None = None
         if meta.algorithm == "metasgd":
             self.lrs = nn.ParameterDict({

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from components.meta.algorithms import AlgoConfig, adapt_keys, meta_gradients
+from tests.components.meta.reference_loop import meta_gradients_loop
 from components.meta.learner import MetaLearner
 from components.meta.tasks import TaskBatch
 from components.models.vae import VAEConfig, build_vae, param_dict, per_pixel_loss
@@ -37,8 +38,8 @@ def test_vmap_equals_loop(algo: str, scope: str) -> None:
     cfg = AlgoConfig(algo, 2, 0.3, adapt_keys(model, "all" if algo == "reptile" else scope))  # type: ignore[arg-type]
     lrs = {k: torch.full_like(params[k], 0.3) for k in cfg.keys} if algo == "metasgd" else None
     b = batch()
-    l1, g1 = meta_gradients(model, params, lrs, b, cfg, vectorize=True)
-    l2, g2 = meta_gradients(model, params, lrs, b, cfg, vectorize=False)
+    l1, g1 = meta_gradients(model, params, lrs, b, cfg, impl="vmap")
+    l2, g2 = meta_gradients_loop(model, params, lrs, b, cfg)
     assert set(g1) == set(g2)
     assert abs(float(l1 - l2)) <= 1e-10
     assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-5
@@ -49,20 +50,20 @@ def test_second_order_maml_matches_finite_differences() -> None:
     model, params = tiny(latent=2, width=4)
     cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "all"))
     b = batch(b=2, latent=2)
-    _, g = meta_gradients(model, params, None, b, cfg, vectorize=True)
+    _, g = meta_gradients(model, params, None, b, cfg, impl="vmap")
     gen = torch.Generator().manual_seed(1)
     direction = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
     h = 1e-5
 
     def loss_at(sign: float) -> float:
         p = {k: v + sign * h * direction[k] for k, v in params.items()}
-        return float(meta_gradients(model, p, None, b, cfg, vectorize=False)[0])
+        return float(meta_gradients_loop(model, p, None, b, cfg)[0])
 
     numeric = (loss_at(1.0) - loss_at(-1.0)) / (2 * h)
     analytic = sum(float((g[k] * direction[k]).sum()) for k in params)
     assert numeric == pytest.approx(analytic, rel=1e-4, abs=1e-8)
     # first-order MAML drops the second-order term: it is a different number here
-    _, g_fo = meta_gradients(model, params, None, b, AlgoConfig("fomaml", 2, 0.5, cfg.keys), vectorize=True)
+    _, g_fo = meta_gradients(model, params, None, b, AlgoConfig("fomaml", 2, 0.5, cfg.keys), impl="vmap")
     fo = sum(float((g_fo[k] * direction[k]).sum()) for k in params)
     assert abs(fo - analytic) > 1e-6
 
@@ -71,7 +72,7 @@ def test_zero_inner_steps_maml_is_plain_gradient() -> None:
     model, params = tiny()
     b = batch(b=2, steps=1)
     cfg = AlgoConfig("maml", 0, 0.5, adapt_keys(model, "all"))
-    _, g = meta_gradients(model, params, None, b, cfg, vectorize=True)
+    _, g = meta_gradients(model, params, None, b, cfg, impl="vmap")
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     loss = sum(per_pixel_loss(model, leaves, b.query[t], b.eps_query[t]) for t in range(2)) / 2
     plain = torch.autograd.grad(loss, list(leaves.values()))

@@ -16,6 +16,7 @@ import torch
 from components.data.prepare import Split
 from components.meta.adaptation import AdaptationRule
 from components.meta.algorithms import AlgoConfig, adapt_keys, key_shape, meta_gradients
+from tests.components.meta.reference_loop import meta_gradients_loop
 from components.meta.learner import MetaLearner
 from components.meta.tasks import TaskBatch, TaskSampler
 from components.models.vae import CONTEXT, MEMORY, VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict, with_context
@@ -52,13 +53,13 @@ def test_context_dropout_is_the_same_gradient_in_every_implementation(algo: str,
     cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
     lrs = {k: torch.full(key_shape(model, k), 0.3, dtype=torch.float64) for k in keys} if algo == "metasgd" else None
     dropped = replace(_batch(b=3), keep_context=torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
-    impls = ["vmap", "loop"] + (["batched"] if algo != "reptile" else [])
+    impls = ["vmap"] + (["batched"] if algo != "reptile" else [])
     results = {impl: meta_gradients(model, params, lrs, dropped, cfg, impl=impl) for impl in impls}
-    loss_ref, g_ref = results["loop"]
+    loss_ref, g_ref = meta_gradients_loop(model, params, lrs, dropped, cfg)
     for impl, (loss, g) in results.items():
         assert abs(float(loss - loss_ref)) <= 1e-10, impl
         assert max(float((g[k] - g_ref[k]).abs().max()) for k in g) <= 1e-5, impl
-    loss_full, _ = meta_gradients(model, params, lrs, _batch(b=3), cfg, impl="loop")
+    loss_full, _ = meta_gradients_loop(model, params, lrs, _batch(b=3), cfg)
     assert abs(float(loss_full - loss_ref)) > 1e-8
 
 
@@ -131,8 +132,8 @@ def test_context_path_vmap_equals_loop(algo: str, scope: str, attention: bool) -
     keys = adapt_keys(model, "all" if algo == "reptile" else scope)
     cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
     lrs = {k: torch.full(key_shape(model, k), 0.3, dtype=torch.float64) for k in keys} if algo == "metasgd" else None
-    l1, g1 = meta_gradients(model, params, lrs, _batch(), cfg, vectorize=True)
-    l2, g2 = meta_gradients(model, params, lrs, _batch(), cfg, vectorize=False)
+    l1, g1 = meta_gradients(model, params, lrs, _batch(), cfg, impl="vmap")
+    l2, g2 = meta_gradients_loop(model, params, lrs, _batch(), cfg)
     assert set(g1) == set(g2)
     assert abs(float(l1 - l2)) <= 1e-10
     assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-5
@@ -149,7 +150,7 @@ def test_batched_context_step_equals_loop(algo: str, attention: bool) -> None:
     lrs = {CONTEXT: torch.linspace(0.1, 0.5, 4, dtype=torch.float64)} if algo == "metasgd" else None
     b = _batch(b=3)
     l1, g1 = meta_gradients(model, params, lrs, b, cfg, impl="batched")
-    l2, g2 = meta_gradients(model, params, lrs, b, cfg, impl="loop")
+    l2, g2 = meta_gradients_loop(model, params, lrs, b, cfg)
     assert set(g1) == set(g2)
     assert abs(float(l1 - l2)) <= 1e-10
     assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-8
@@ -163,14 +164,14 @@ def test_second_order_context_maml_matches_finite_differences(attention: bool) -
     model, params = _model(attention=attention)
     cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "context"))
     b = _batch()
-    _, g = meta_gradients(model, params, None, b, cfg, vectorize=False)
+    _, g = meta_gradients(model, params, None, b, cfg)  # the training path: batched
     gen = torch.Generator().manual_seed(1)
     direction = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
     h = 1e-5
 
     def loss_at(sign: float) -> float:
         p = {k: v + sign * h * direction[k] for k, v in params.items()}
-        return float(meta_gradients(model, p, None, b, cfg, vectorize=True)[0])
+        return float(meta_gradients(model, p, None, b, cfg, impl="vmap")[0])
 
     numeric = (loss_at(1) - loss_at(-1)) / (2 * h)
     analytic = sum(float((g[k] * direction[k]).sum()) for k in params)
