@@ -48,7 +48,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     train = load_split(prepared, "train")
-    learner = build_learner(params.meta, vae_config(params, train), params.train.seed)
+    learner = build_learner(params.meta, vae_config(params.model, train), params.train.seed)
     sampler = make_sampler(params, train, params.train.seed)
     train_step(learner, sampler.sample(0, params.meta.meta_batch_size))
     start = time.perf_counter()

@@ -77,7 +77,7 @@ def _phases(prepared: Path, threads: int) -> dict:
         for batch in (4, 32):
             params = load_params(ROOT / "params.yaml", [f"meta.meta_batch_size={batch}"])
             split = load_split(prepared, "train")
-            learner = build_learner(params.meta, vae_config(params, split), 0)
+            learner = build_learner(params.meta, vae_config(params.model, split), 0)
             learner.model.to(device)
             sampler = make_sampler(params, split, 0)
             draw = step = 0.0

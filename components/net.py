@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from components.errors import MetagenError, ServerUnreachable
 
 if TYPE_CHECKING:
-    from components.params import Params
+    from components.params import RegistryParams, TrainParams
 
 
 def check_health(url: str, what: str, timeout: float = 5.0) -> None:
@@ -27,9 +27,9 @@ def check_health(url: str, what: str, timeout: float = 5.0) -> None:
         raise ServerUnreachable(f"{what} unreachable at {url}: {err}") from None
 
 
-def tracking_uri(params: Params, root: Path) -> str:
+def tracking_uri(registry: RegistryParams, root: Path) -> str:
     """The MLflow store: ``registry.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else SQLite in the project."""
-    return params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -38,9 +38,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         check_health(uri, "MLflow tracking server (MLFLOW_TRACKING_URI)", timeout)
 
 
-def ray_address(params: Params) -> str | None:
+def ray_address(train: TrainParams) -> str | None:
     """The Ray cluster: ``RAY_ADDRESS``, else ``train.ray_address``; None: a local Ray."""
-    return os.environ.get("RAY_ADDRESS") or params.train.ray_address
+    return os.environ.get("RAY_ADDRESS") or train.ray_address
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:

@@ -34,7 +34,7 @@ from components.evaluation.bootstrap import FidUnits, compare, fid_units, load_u
 from components.evaluation.evaluate import UNITS_FILE, evaluate
 from components.gate import Condition, GateRules, champion_condition, intervals_of, meta_row, own_conditions, rows_of
 from components.meta.trainer import Restored, TrainState, load_learner, rebuild_learner
-from components.params import Params
+from components.params import MetaParams, Params
 
 log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "generator"
@@ -51,12 +51,12 @@ PYFUNC_FILE = Path(__file__).with_name("serving") / "generator_pyfunc.py"
 
 
 # --- logging the model --------------------------------------------------------------------------
-def model_config(learner: MetaLearner, rule: AdaptationRule, params: Params,
+def model_config(learner: MetaLearner, rule: AdaptationRule, meta: MetaParams,
                  facts: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "data": facts,  # what it was trained on (components/serving/data_facts.py): supports far from it are warned of
         "vae": learner.model.cfg.__dict__,
-        "meta": params.meta.model_dump(mode="json"),
+        "meta": meta.model_dump(mode="json"),
         "adaptation": rule.to_dict(),
         "defaults": {"n": 16, "sampling": rule.sampling, "seed": 0},
     }
@@ -68,7 +68,7 @@ def log_generator(run_id: str, learner: MetaLearner, rule: AdaptationRule, param
     import mlflow
     from mlflow.models import infer_signature
 
-    config = model_config(learner, rule, params, facts)
+    config = model_config(learner, rule, params.meta, facts)
     with tempfile.TemporaryDirectory(prefix="metagen-model-") as tmp:
         weights = Path(tmp) / "weights.pt"
         torch.save({"model": learner.model.state_dict(),

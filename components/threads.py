@@ -16,14 +16,14 @@ from contextlib import contextmanager
 import torch
 
 from components.net import ray_address
-from components.params import Params
+from components.params import Params, TrainParams
 
 
 def training_cpus_here(params: Params) -> float:
     """CPUs of this machine that Ray Train's workers hold: none when it trains on a Ray cluster
     elsewhere (``RAY_ADDRESS`` / ``train.ray_address``)."""
     t = params.train
-    return 0.0 if ray_address(params) else t.num_workers * t.cpus_per_worker
+    return 0.0 if ray_address(params.train) else t.num_workers * t.cpus_per_worker
 
 
 def threads_beside_training(params: Params, local: bool, streams: int) -> int:
@@ -35,13 +35,13 @@ def threads_beside_training(params: Params, local: bool, streams: int) -> int:
     return max(1, int((cpus - training_cpus_here(params)) // streams))
 
 
-def figure_threads(params: Params, otherwise: int = 0) -> int:
+def figure_threads(train: TrainParams, otherwise: int = 0) -> int:
     """The torch threads of work whose result is a figure (a training, a fine-tuning, a score):
     ``train.num_threads``, fixed (1 by default), since the thread count changes the order of float
     sums and a training amplifies that: an extractor trained with 1 thread and with 2 differ, and
     every FID with it. 0 (opt-in): ``otherwise`` (0: the process's default), faster on large
     machines, the figures then depending on the machine."""
-    return params.train.num_threads or otherwise
+    return train.num_threads or otherwise
 
 
 @contextmanager

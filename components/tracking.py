@@ -19,7 +19,7 @@ from PIL import Image
 from components.errors import MetagenError, ServerUnreachable
 from components.evaluation.pictures import grid_image
 from components.net import check_reachable, tracking_uri
-from components.params import Params, flatten
+from components.params import DataParams, Params, flatten
 from components.timing import phase
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def configure(params: Params, root: Path) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; return its id."""
     import mlflow
 
-    uri = tracking_uri(params, root)
+    uri = tracking_uri(params.registry, root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -112,7 +112,7 @@ def log_eval_rows(client: Any, run_id: str, rows: list[dict[str, Any]], model: s
         client.log_batch(run_id, metrics=metrics)
 
 
-def log_dataset(client: Any, run_id: str, params: Params, data_version: dict[str, Any]) -> None:
+def log_dataset(client: Any, run_id: str, data: DataParams, data_version: dict[str, Any]) -> None:
     """The data as the run's dataset input (MLflow's Dataset column and panel): named by its source,
     digest = the DVC md5 of ``data.dvc``, the prepared md5 and git commit in its source."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -120,10 +120,9 @@ def log_dataset(client: Any, run_id: str, params: Params, data_version: dict[str
     digest = str(data_version.get("raw_md5") or "")
     if not digest or digest == "None":
         return
-    d = params.data
     source = json.dumps({"dvc": "data.dvc", "raw_md5": digest, "prepared_md5": data_version.get("prepared_md5"),
-                         "git_commit": data_version.get("git_commit"), "path": d.path or f"embedded {d.source}"})
-    dataset = Dataset(name=f"{d.source}:{Path(d.path).name if d.path else d.source}", digest=digest[:36],
+                         "git_commit": data_version.get("git_commit"), "path": data.path or f"embedded {data.source}"})
+    dataset = Dataset(name=f"{data.source}:{Path(data.path).name if data.path else data.source}", digest=digest[:36],
                       source_type="dvc", source=source)
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
@@ -149,7 +148,7 @@ def start_run(params: Params, root: Path, run_name: str, data_version: dict[str,
     else:
         client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in run_params.items()])
     if data_version is not None:
-        log_dataset(client, run.info.run_id, params, data_version)
+        log_dataset(client, run.info.run_id, params.data, data_version)
     return run.info.run_id
 
 
@@ -179,7 +178,7 @@ def tracked_run(params: Params, root: Path, run_name: str, run_id: str | None = 
     in the ``metagen.error`` tag) when it raises. Given ``run_id`` (a step of a larger run), the
     block writes to that run and its owner ends it."""
     try:  # a server that went away since the pre-flight fails the step now, not after its compute
-        check_reachable(tracking_uri(params, root))
+        check_reachable(tracking_uri(params.registry, root))
     except ServerUnreachable as err:
         raise ServerUnreachable(f"{err} (before the {run_name} step)") from None
     if run_id is not None:

@@ -42,7 +42,7 @@ from components.meta.trainer import (
     vae_config,
 )
 from components.models.vae import VAEConfig
-from components.params import Params, validate_params
+from components.params import Params, TrainParams, validate_params
 from components.stopping import StopFlag, TrainingStopped, raise_if_stopped, stop_reason, stop_requested_wait
 from components.threads import figure_threads
 from components.timing import phase
@@ -57,9 +57,9 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _inject_fault(params: Params, step: int, rank: int, world: int, run_dir: Path) -> None:
+def _inject_fault(train: TrainParams, step: int, rank: int, world: int, run_dir: Path) -> None:
     """Test hook (``train.fail_at_step``): the last rank dies once, hard, at that step."""
-    if params.train.fail_at_step != step or rank != world - 1:
+    if train.fail_at_step != step or rank != world - 1:
         return
     marker = run_dir / FAULT_MARKER
     if marker.exists():
@@ -81,7 +81,7 @@ class _RayHooks:
         self.stop_flag, self.last_poll = stop_flag, time.monotonic()
 
     def before_step(self, step: int) -> None:
-        _inject_fault(self.params, step, self.shard.rank, self.shard.world, self.run_dir)
+        _inject_fault(self.params.train, step, self.shard.rank, self.shard.world, self.run_dir)
 
     def stop_requested(self) -> bool:
         """The stop flag, read at most once a second (a Ray call per meta-step would cost the training)."""
@@ -122,7 +122,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     shard = Shard(rank, world, _all_reduce_sum if world > 1 else None, device)
 
     train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")
-    cfg = vae_config(params, train_split)
+    cfg = vae_config(params.model, train_split)
     learner, state = build_learner(params.meta, cfg, params.train.seed), TrainState()
     learner.model.to(device)  # in place: the optimizer keeps its parameters
     if learner.lrs is not None:
@@ -195,7 +195,7 @@ def _init_ray(params: Params) -> None:
 
     if ray.is_initialized():
         return
-    address = ray_address(params)
+    address = ray_address(params.train)
     runtime_env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
     if address:
         check_ray_address(address)
@@ -236,7 +236,7 @@ def stop_flag_for_workers() -> Iterator[Any]:
 def eval_mapper(params: Params) -> Mapper:
     """Where the evaluation runs: spread over the Ray cluster this run trains on (``eval.distributed``),
     or in this process."""
-    return mapper_for(params.eval.distributed, lambda: init_ray(params), figure_threads(params))
+    return mapper_for(params.eval.distributed, lambda: init_ray(params), figure_threads(params.train))
 
 
 def build_trainer(params: Params, prepared_dir: Path, storage_path: Path, name: str,

@@ -21,7 +21,7 @@ from typing import Any
 
 from components.atomic import write_text_atomic
 from components.errors import MetagenError
-from components.params import Params, validate_params, with_updates
+from components.params import Params, TrainParams, TuneParams, validate_params, with_updates
 from components.training import build_trainer, init_ray
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ def trial_params(params: Params, sample: dict[str, Any]) -> Params:
     return with_updates(params, updates)
 
 
-def search_space(params: Params) -> dict[str, Any]:
+def search_space(tune: TuneParams) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {}
-    for key, dim in params.tune.search_space.items():
+    for key, dim in tune.search_space.items():
         if dim.values is not None:
             space[key] = tune.grid_search(list(dim.values))
         elif dim.integer:
@@ -60,9 +60,9 @@ def search_space(params: Params) -> dict[str, Any]:
     return space
 
 
-def max_concurrent_trials(params: Params, cluster_cpus: float) -> int:
+def max_concurrent_trials(train: TrainParams, cluster_cpus: float) -> int:
     """Trials whose Train workers fit in the cluster's CPUs at once (at least 1)."""
-    per_trial = params.train.num_workers * params.train.cpus_per_worker
+    per_trial = train.num_workers * train.cpus_per_worker
     return max(1, int(cluster_cpus // per_trial))
 
 
@@ -106,11 +106,11 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
     storage = Path(params.train.storage_path).resolve()
     probe = trial_params(params, {})
     max_t = max(1, math.ceil(probe.train.steps / probe.train.val_every))  # reports per trial
-    concurrent = max_concurrent_trials(params, ray.cluster_resources().get("CPU", 1))
+    concurrent = max_concurrent_trials(params.train, ray.cluster_resources().get("CPU", 1))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                               grace_period=min(params.tune.grace_period, max_t),
                               reduction_factor=params.tune.reduction_factor) if early_stopping else FIFOScheduler()
-    space = {**search_space(params), "base_params": params.model_dump(mode="json"),
+    space = {**search_space(params.tune), "base_params": params.model_dump(mode="json"),
              "prepared_dir": str(Path(prepared_dir).resolve()), "storage_path": str(storage)}
     name = name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     grid = any(d.values is not None for d in params.tune.search_space.values())

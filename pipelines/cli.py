@@ -53,8 +53,8 @@ def _preflight(project_dir: Path, params_path: Path, overrides: list[str] | None
     params = _load(project_dir / params_path, overrides)
     check_prefect_api()
     detach_temporary_prefect_server()
-    check_reachable(tracking_uri(params, project_dir))
-    address = ray_address(params)
+    check_reachable(tracking_uri(params.registry, project_dir))
+    address = ray_address(params.train)
     if address:
         check_ray_address(address)
     return params

@@ -50,6 +50,6 @@ def ingest(root: str = ".", params_path: str = "params.yaml", overrides: list[st
     # path of a deleted one) the task runs whatever the cache holds
     task_ = ingest_data if present else ingest_data.with_options(refresh_cache=True)
     return task_(
-        str(base), params, params.data.model_dump(mode="json"), source_fingerprint(params),
+        str(base), params, params.data.model_dump(mode="json"), source_fingerprint(params.data),
         raw_md5(base), current.prepared_md5, present,
     )

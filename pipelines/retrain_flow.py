@@ -64,11 +64,11 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
             trained_with = with_updates(params, best["best_config"])
         # the references do not need the model: the extractor and `pretrain` train side by side
         # meanwhile, then the baselines are scored, each on the cores the training leaves
-        beside = figure_threads(trained_with, threads_beside_training(trained_with, local, streams=2))
+        beside = figure_threads(trained_with.train, threads_beside_training(trained_with, local, streams=2))
         with stoppable():  # an extractor that cannot be trusted stops the training
             features = feature_extractor.submit(root, trained_with, beside, stop_training=True)
             pretrained = pretrain_baseline.submit(root, trained_with, beside)
-            references = reference_scores.submit(root, trained_with, figure_threads(trained_with, threads_beside_training(trained_with, local, streams=1)),
+            references = reference_scores.submit(root, trained_with, figure_threads(trained_with.train, threads_beside_training(trained_with, local, streams=1)),
                                                  wait_for=[features, pretrained])
             with phase("train"):
                 trained = train(root, local=local, run_id=run_id, params=trained_with)
@@ -83,7 +83,7 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
         with phase("mlflow logging", "overhead"):
             summary = run_summary(evaluated["report"], decision, params.registry.model_name)
             describe_run(run_id, summary)
-    uri, name, version = tracking_uri(params, base), params.registry.model_name, decision["version"]
+    uri, name, version = tracking_uri(params.registry, base), params.registry.model_name, decision["version"]
     links = {"run_url": run_url(uri, run_id), "version_url": version_url(uri, name, version)}
     with phase("prefect calls", "overhead"):
         publish_artifacts(summary, {
@@ -93,4 +93,4 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
     timings, timings_path = finish_timings(base, params, run_id)
     return {"timings": timings, "timings_path": str(timings_path), "run_id": run_id, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run_label, **links, "data": data, "checkpoint": trained["checkpoint"], "decision": decision,
             "report": evaluated["report"], "markdown": evaluated["markdown"], "files": evaluated["files"],
-            "tracking_uri": tracking_uri(params, base), "model_name": params.registry.model_name}
+            "tracking_uri": tracking_uri(params.registry, base), "model_name": params.registry.model_name}

@@ -23,7 +23,7 @@ from components.data.lineage import DataVersion, data_version, raw_md5
 from components.data.prepare import SOURCE_NOTE, build_splits, decode_classes
 from components.data.sources import OMNIGLOT_ARCHIVE, materialize_source, scan_image_folder
 from components.errors import DataError
-from components.params import Params
+from components.params import DataParams, Params
 from components.params_file import update_params_file
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,15 @@ class IngestResult:
         return self.previous_raw_md5 is not None and self.previous_raw_md5 != self.version.raw_md5
 
 
-def _snapshot_and_check(params: Params, staging: Path) -> int:
+def _snapshot_and_check(data: DataParams, staging: Path) -> int:
     """Copy the source into ``staging`` and check that it prepares; errors name the user's files,
     never the temporary copies."""
-    copied = materialize_source(params.data, staging)
+    copied = materialize_source(data, staging)
     # what the copy left out, for prepare's manifest (hidden: not an image, not a class)
     (staging / SOURCE_NOTE).write_text(json.dumps({"ignored_non_image_files": len(copied.ignored)}) + "\n")
     try:
-        decoded = decode_classes(scan_image_folder(staging), params.data, copied.name)
-        build_splits(decoded, params.data)
+        decoded = decode_classes(scan_image_folder(staging), data, copied.name)
+        build_splits(decoded, data)
     except DataError as err:
         raise type(err)(copied.name(str(err))) from None
     return len(decoded.arrays)
@@ -68,7 +68,7 @@ def ingest(root: Path, params: Params, param_updates: dict[str, Any] | None = No
     previous = raw_md5(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{raw.name}.new-", dir=root))
     try:
-        num_classes = _snapshot_and_check(params, staging)
+        num_classes = _snapshot_and_check(params.data, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -98,13 +98,13 @@ def ingest(root: Path, params: Params, param_updates: dict[str, Any] | None = No
     return result
 
 
-def source_fingerprint(params: Params) -> str:
+def source_fingerprint(data: DataParams) -> str:
     """A cheap hash of the configured source (names, sizes, mtimes; digits: the sklearn version)."""
-    h = hashlib.sha256(params.data.source.encode())
-    if params.data.source == "digits":
+    h = hashlib.sha256(data.source.encode())
+    if data.source == "digits":
         h.update(sklearn.__version__.encode())
         return h.hexdigest()[:16]
-    src = OMNIGLOT_ARCHIVE if params.data.source == "omniglot" else Path(params.data.path or "").expanduser()
+    src = OMNIGLOT_ARCHIVE if data.source == "omniglot" else Path(data.path or "").expanduser()
     paths = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
     for p in paths:
         st = p.stat()

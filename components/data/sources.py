@@ -22,7 +22,7 @@ from sklearn.datasets import load_digits
 from components.data.archive import extract_archive
 from components.data.images import is_image_file
 from components.errors import DataError
-from components.params import EMBEDDED_SOURCES, DataParams
+from components.params import DataParams
 
 # Three alphabets of Omniglot's background set (Japanese katakana, Sanskrit, Tagalog: 106 characters,
 # 20 105x105 1-bit PNGs each; Lake et al., MIT licence in the LICENSE beside it), packed

@@ -57,7 +57,7 @@ def build_domain_features(params: Params, prepared_dir: Path, features_dir: Path
     """The dvc.yaml ``features`` stage: train the domain CNN on meta-train classes, write it + metrics."""
     train = load_split(prepared_dir, "train")
     net, metrics = ex.fit_domain_extractor(train.images, train.labels, params.eval.feature_steps, params.train.seed,
-                                           threads=figure_threads(params))
+                                           threads=figure_threads(params.train))
     meta = {"channels": int(train.images.shape[1]), "num_classes": len(train.classes), "classes": train.classes}
     ex.save_domain_extractor(features_dir / DOMAIN_FILE, net, meta)
     metrics["digest"] = ex.DomainExtractor(net).digest
@@ -95,7 +95,7 @@ def load_extractor(params: Params, features_dir: Path) -> tuple[ex.FeatureExtrac
     """
     if params.extractor_kind() == "inception":
         return load_inception_extractor(params.eval.inception_weights), None
-    return ex.load_domain_extractor(features_dir / DOMAIN_FILE), domain_accuracy(params, features_dir)
+    return ex.load_domain_extractor(features_dir / DOMAIN_FILE), domain_accuracy(params.eval, features_dir)
 
 
 def check_extractor(params: Params, features_dir: Path) -> None:
@@ -104,7 +104,7 @@ def check_extractor(params: Params, features_dir: Path) -> None:
     load_extractor(params, features_dir)
 
 
-def domain_accuracy(params: Params, features_dir: Path) -> float:
+def domain_accuracy(evaluation: EvalParams, features_dir: Path) -> float:
     """The domain extractor's held-out accuracy on meta-train classes, if at least its floor."""
     metrics_path = features_dir / DOMAIN_METRICS
     try:
@@ -112,7 +112,7 @@ def domain_accuracy(params: Params, features_dir: Path) -> float:
     except (OSError, ValueError, KeyError) as err:
         raise MetagenError(f"{metrics_path}: no held-out accuracy of the domain extractor ({err}); "
                            "run `dvc repro features`") from None
-    floor = params.eval.min_extractor_accuracy
+    floor = evaluation.min_extractor_accuracy
     if acc < floor:
         raise MetagenError(
             f"{metrics_path}: the domain extractor's held-out accuracy {acc:.3f} is below "
@@ -134,7 +134,7 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model
     log.info("training the pretrain baseline (%d Adam steps on all meta-train images)", params.train.pretrain_steps)
-    with torch_threads(figure_threads(params)):
+    with torch_threads(figure_threads(params.train)):
         model, _ = pretrain_vae(cfg, train.images, params.train.pretrain_steps, params.train.pretrain_batch_size,
                                 params.eval.pretrain_lr, params.train.seed, params.model.binarize)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
 
 def baseline_vae_config(params: Params, train: Split) -> VAEConfig:
     """The baselines' VAE: the meta-model's architecture without the class context, trained on the ELBO."""
-    return replace(vae_config(params, train), context_dim=0, kl_weight=1.0)
+    return replace(vae_config(params.model, train), context_dim=0, kl_weight=1.0)
 
 
 def reference_pretrain(params: Params, prepared_dir: Path, cache_dir: Path) -> ConvVAE:

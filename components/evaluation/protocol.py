@@ -32,7 +32,7 @@ from components.evaluation.extractors import FeatureExtractor, accuracy, train_c
 from components.evaluation.frechet import Statistics, cached_statistics, frechet_distance, kid, statistics
 from components.evaluation.memorisation import balanced_prdc, copy_counts, copy_rate_bound
 from components.evaluation.parallel import LocalMapper, Mapper
-from components.meta.generators import MODES, FewShotGenerator, FinetuneGenerator
+from components.meta.generators import MODES, FewShotGenerator
 from components.params import EvalParams
 from components.timing import phase
 

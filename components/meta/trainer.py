@@ -20,15 +20,15 @@ from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner, Reducer
 from components.meta.tasks import TaskBatch, TaskSampler
 from components.models.vae import VAEConfig, build_vae, new_vae, per_pixel_loss
-from components.params import MetaParams, Params
+from components.params import MetaParams, ModelParams, Params
 from components.stopping import raise_if_stopped, stop_reason
 
 log = logging.getLogger(__name__)
 
 
-def vae_config(params: Params, split: Split) -> VAEConfig:
+def vae_config(model: ModelParams, split: Split) -> VAEConfig:
     _, c, h, _ = split.images.shape
-    return VAEConfig.from_params(params.model, channels=c, image_size=h)
+    return VAEConfig.from_params(model, channels=c, image_size=h)
 
 
 def build_learner(meta: MetaParams, cfg: VAEConfig, seed: int) -> MetaLearner:
@@ -42,7 +42,7 @@ def make_sampler(params: Params, split: Split, seed: int, training: bool = True,
     tasks the evaluation and the users give. ``noise_dim``: the model's noise an image (default:
     that of the model ``params`` builds)."""
     meta, binary = params.meta, params.model.binarize
-    noise = new_vae(vae_config(params, split)).noise_dim if noise_dim is None else noise_dim
+    noise = new_vae(vae_config(params.model, split)).noise_dim if noise_dim is None else noise_dim
     if not training:
         return TaskSampler(split, meta.k_shot, meta.k_query, noise, meta.inner_steps, seed, binarize=binary)
     return TaskSampler(split, meta.k_shot, meta.k_query, noise, meta.inner_steps, seed,
@@ -283,7 +283,7 @@ def _train_local(params: Params, prepared_dir: Path, out_dir: Path, progress: bo
         torch.set_num_threads(params.train.num_threads)
     train_split = load_split(prepared_dir, "train")
     val_split = load_split(prepared_dir, "val")
-    cfg = vae_config(params, train_split)
+    cfg = vae_config(params.model, train_split)
     ckpt = Path(out_dir) / FILENAME
     learner, state = build_learner(params.meta, cfg, params.train.seed), TrainState()
     if ckpt.is_file():

@@ -65,7 +65,7 @@ def test_evaluation_spread_over_both_nodes_equals_in_process(ray_cluster: object
                          "eval.augment_steps=5", "eval.feature_steps=20", "eval.adapt_steps=2",
                          "eval.min_extractor_accuracy=0", "eval.nll_samples=4", "eval.nll_max_images=4")
     test = load_split(digits_prepared, "test")
-    learner = build_learner(params.meta, vae_config(params, test), seed=0)
+    learner = build_learner(params.meta, vae_config(params.model, test), seed=0)
     build_domain_features(params, digits_prepared, tmp_path / "features")
     extractor, _ = load_extractor(params, tmp_path / "features")
     protocol = Protocol(params.eval, params.meta.k_shot, read_manifest(digits_prepared)["splits"]["test"]["sha256"])

@@ -174,7 +174,7 @@ def test_the_manifest_counts_what_the_source_copy_left_out(tmp_path: Path) -> No
     params = make_params(*small_data_overrides(root))
     staging = tmp_path / "snapshot"
     staging.mkdir()
-    _snapshot_and_check(params, staging)
+    _snapshot_and_check(params.data, staging)
     assert not list(staging.rglob("*.txt"))
     manifest = prepare(staging, tmp_path / "prepared", params.data)
     assert manifest["ignored_non_image_files"] == 3

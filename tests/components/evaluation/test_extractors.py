@@ -2,11 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pytest
 import torch
 
-from components.errors import MetagenError
 from components.evaluation.extractors import (
     DomainCNN,
     DomainExtractor,

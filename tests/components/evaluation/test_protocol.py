@@ -34,7 +34,7 @@ TINY = [
 def setup(tmp_path: Path, digits_prepared: Path):  # noqa: ANN201
     params = make_params(*TINY)
     test = load_split(digits_prepared, "test")
-    learner = build_learner(params.meta, vae_config(params, test), seed=0)
+    learner = build_learner(params.meta, vae_config(params.model, test), seed=0)
     build_domain_features(params, digits_prepared, tmp_path / "features")
     extractor, _ = load_extractor(params, tmp_path / "features")
     protocol = Protocol(params.eval, params.meta.k_shot, read_manifest(digits_prepared)["splits"]["test"]["sha256"])
@@ -75,7 +75,7 @@ def test_nan_generator_is_named(setup) -> None:  # noqa: ANN001
 def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Path) -> None:
     params = make_params(*TINY, "eval.temperatures=[1.0, 0.5]")
     test = load_split(digits_prepared, "test")
-    learner = build_learner(params.meta, vae_config(params, test), seed=0)
+    learner = build_learner(params.meta, vae_config(params.model, test), seed=0)
     history = [{"step": 5, "train_loss": 0.5, "val_loss": 300.0, "val_loss_unadapted": 310.0}]
     build_domain_features(params, digits_prepared, tmp_path / "features")
     out = evaluate(learner, AdaptationRule.from_params(params), params, digits_prepared, tmp_path / "reports",
