@@ -170,31 +170,17 @@ class LadderVAE(VAEBase):
         out = self.out(_cat(F.silu(self.up1(self.dec1(_cat(d, z1, c1)))), c0))
         return out, [(z2, *q2, *p2), (z1, *q1, *p1)]
 
-    # --- the pure function ---------------------------------------------------------------
-    def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo", context: Tensor | None = None,
-                features: Tensor | None = None, memory: Tensor | None = None,
-                proposal_scale: Tensor | None = None, mode: str = "prior", support: Tensor | None = None,
-                pick: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """Per-image negative ELBO (nats, KL in closed form at each level given the level above);
-        ``part`` = ``"trunk"`` / ``"set"`` / ``"iwae"`` / ``"sample"`` as :class:`ConvVAE`'s."""
-        if part == "trunk":
-            return self.encoder(x)
-        if part == "set":
-            return self.set_context(x, features)
-        if part == "iwae":
-            return self._log_weights(x, eps, context, proposal_scale)
-        if part == "sample":
-            return self._sample(x, mode, context, support, pick, temperature)
-        if eps is None:
-            raise ValueError("the ELBO needs reparameterisation noise eps")
+    # --- the pure functions (``forward(part=...)`` runs them, as ConvVAE's) -----------------
+    def elbo(self, x: Tensor, eps: Tensor, context: Tensor | None = None, features: Tensor | None = None) -> Tensor:
+        """Per-image negative ELBO (nats, KL in closed form at each level given the level above)."""
         n = x.shape[0]
         maps = self._maps(self.encoder(x) if features is None else features)
         out, levels = self._path(eps, self._context_maps(context, n), posterior=maps)
         kl = sum(_kl(q_mu, q_lv, p_mu, p_lv) for _, q_mu, q_lv, p_mu, p_lv in levels)
         return self.cfg.kl_weight * kl - self.log_likelihood(out, x)
 
-    def _log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None,
-                     proposal_scale: Tensor | None = None) -> Tensor:
+    def log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None = None,
+                    proposal_scale: Tensor | None = None) -> Tensor:
         """log p(x, z_s) - log r(z_s | x) for ``eps`` ``(S, n, noise_dim)``: ``(S, n)``; r is the
         posterior, or the stratified mixture of it widened by each distinct ``proposal_scale``
         (every level's standard deviation times the component's scale, as ConvVAE's)."""
@@ -215,8 +201,8 @@ class LadderVAE(VAEBase):
             log_qz = torch.logsumexp(comps + torch.log(counts.to(comps) / s).view(-1, 1), dim=0)
         return (log_px + log_pz - log_qz).view(s, n)
 
-    def _sample(self, noise: Tensor, mode: str, context: Tensor | None, support: Tensor | None,
-                pick: Tensor | None, temperature: float) -> Tensor:
+    def sample_outputs(self, noise: Tensor, mode: str = "prior", context: Tensor | None = None,
+                       support: Tensor | None = None, pick: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """Decoder outputs for ``noise`` ``(n, noise_dim)``: every level from its prior
         (``prior``), or from the posteriors of the supports ``pick`` chose (``support``), the
         noise scaled by ``temperature``."""

@@ -71,6 +71,17 @@ class VAEBase(nn.Module):
     """What every architecture shares: its config, its size, and the likelihood of its output."""
 
     cfg: VAEConfig
+    # ``part`` -> the method ``forward`` runs: every piece has the one entry point
+    # ``torch.func.functional_call`` calls, so each runs on a parameter dict too
+    PARTS: dict[str, str] = {"elbo": "elbo", "trunk": "encoder", "set": "set_context", "iwae": "log_weights",
+                             "sample": "sample_outputs"}
+
+    def forward(self, *args: Tensor, part: str = "elbo", **kwargs: Tensor | float | str | None) -> Tensor:
+        """The piece ``part`` of the model (default: the per-image negative ELBO in nats); the
+        arguments are that method's."""
+        if part not in self.PARTS:
+            raise ValueError(f"part must be one of {sorted(self.PARTS)}, got {part!r}")
+        return getattr(self, self.PARTS[part])(*args, **kwargs)
 
     @property
     def num_pixels(self) -> int:
@@ -100,6 +111,7 @@ class ConvVAE(VAEBase):
     DECODER = ("dec_in.", "decoder.", "film.")
     HEAD = ("dec_in.",)
     FILM = ("film.",)
+    PARTS = {**VAEBase.PARTS, "encode": "encode", "decode": "decode"}
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
@@ -247,32 +259,10 @@ class ConvVAE(VAEBase):
         return h
 
     # --- the pure function --------------------------------------------------------------
-    def forward(self, x: Tensor, eps: Tensor | None = None, part: str = "elbo", context: Tensor | None = None,
-                features: Tensor | None = None, memory: Tensor | None = None,
-                proposal_scale: Tensor | None = None, mode: str = "prior", support: Tensor | None = None,
-                pick: Tensor | None = None, temperature: float = 1.0) -> Tensor | tuple[Tensor, Tensor]:
-        """Per-image negative ELBO (nats) given the reparameterisation noise ``eps``.
-
-        ``part`` = ``"encode"`` / ``"decode"`` / ``"set"`` / ``"prior"`` / ``"iwae"`` / ``"trunk"`` /
-        ``"sample"`` (decoder outputs for the noise ``x``, see :func:`sample`) exposes the pieces through the same entry point, so that ``functional_call`` runs them
-        with a parameter dict too. ``features``: the trunk's output for ``x``, if already computed.
-        """
-        if part == "trunk":
-            return self.encoder(x)
-        if part == "encode":
-            return self.encode(x, context, features)
-        if part == "decode":
-            return self.decode(x, context, memory)
-        if part == "set":
-            return self.set_context(x, features)
-        if part == "prior":
-            return self.prior(context, int(x.shape[0]))
-        if part == "iwae":
-            return self._log_weights(x, eps, context, memory, proposal_scale)
-        if part == "sample":
-            return self._sample(x, mode, context, memory, support, pick, temperature)
-        if eps is None:
-            raise ValueError("the ELBO needs reparameterisation noise eps")
+    def elbo(self, x: Tensor, eps: Tensor, context: Tensor | None = None, features: Tensor | None = None,
+             memory: Tensor | None = None) -> Tensor:
+        """Per-image negative ELBO (nats) given the reparameterisation noise ``eps``; ``features``:
+        the trunk's output for ``x``, if already computed."""
         mu, logvar = self.encode(x, context, features)
         z = mu + eps * (0.5 * logvar).exp()
         out = self.decode(z, context, memory)
@@ -280,8 +270,9 @@ class ConvVAE(VAEBase):
         kl = 0.5 * (p_logvar - logvar + (logvar.exp() + (mu - p_mu).pow(2)) / p_logvar.exp() - 1.0).sum(-1)
         return self.cfg.kl_weight * kl - self.log_likelihood(out, x)
 
-    def _sample(self, noise: Tensor, mode: str, context: Tensor | None, memory: Tensor | None,
-                support: Tensor | None, pick: Tensor | None, temperature: float) -> Tensor:
+    def sample_outputs(self, noise: Tensor, mode: str = "prior", context: Tensor | None = None,
+                       memory: Tensor | None = None, support: Tensor | None = None, pick: Tensor | None = None,
+                       temperature: float = 1.0) -> Tensor:
         """Decoder outputs for ``noise`` ``(n, latent)``: z from the class prior (``prior``) or from
         the posteriors of the supports ``pick`` chose (``support``), scaled by ``temperature``."""
         if mode == "prior":
@@ -292,8 +283,8 @@ class ConvVAE(VAEBase):
             z = mu[pick] + temperature * noise * (0.5 * logvar[pick]).exp()
         return self.decode(z, context, memory)
 
-    def _log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None, memory: Tensor | None,
-                     proposal_scale: Tensor | None = None) -> Tensor:
+    def log_weights(self, x: Tensor, eps: Tensor, context: Tensor | None = None, memory: Tensor | None = None,
+                    proposal_scale: Tensor | None = None) -> Tensor:
         """log p(x, z_s) - log r(z_s | x) for ``eps`` of shape (S, n, latent): (S, n).
 
         The proposal r is q(z|x) itself, or with ``proposal_scale`` (S,) the mixture of q(z|x) with
@@ -364,21 +355,26 @@ def param_dict(model: nn.Module) -> Weights:
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
-def _call(model: ConvVAE, params: Weights, args: tuple, part: str,
-          features: Tensor | None = None, **kwargs: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+def _call(model: ConvVAE, params: Weights, part: str, *args: Tensor, task: bool = True,
+          **kwargs: Tensor | float | str | None) -> Tensor | tuple[Tensor, Tensor]:
+    """``model``'s piece ``part`` under the weights of ``params``; with ``task``, the task's
+    entries of ``params`` (its context, and the supports' memory if there is one) go in as well."""
     weights = {k: v for k, v in params.items() if k not in TASK_KEYS}
-    return functional_call(model, weights, args, {"part": part, "context": params.get(CONTEXT), "features": features,
-                                                  "memory": params.get(MEMORY), **kwargs})
+    if task:
+        kwargs["context"] = params.get(CONTEXT)
+        if MEMORY in params:
+            kwargs["memory"] = params[MEMORY]
+    return functional_call(model, weights, args, {"part": part, **kwargs})
 
 
 def set_context(model: ConvVAE, params: Weights, support: Tensor, features: Tensor | None = None) -> Tensor:
     """The set encoder's context of ``support`` ``(K, ...)``: ``(d,)``; of ``(B, K, ...)``: ``(B, d)``."""
-    return _call(model, params, (support,), "set", features)
+    return _call(model, params, "set", support, task=False, features=features)
 
 
 def trunk(model: ConvVAE, params: Weights, x: Tensor) -> Tensor:
     """The encoder's convolutional trunk (shared by q(z|x,c) and the set encoder; no context)."""
-    return _call(model, params, (x,), "trunk")
+    return _call(model, params, "trunk", x, task=False)
 
 
 def with_context(model: ConvVAE, params: Weights, support: Tensor, keep: Tensor | float = 1.0) -> Weights:
@@ -398,7 +394,7 @@ def with_context(model: ConvVAE, params: Weights, support: Tensor, keep: Tensor 
 def neg_elbo(model: ConvVAE, params: Weights, x: Tensor, eps: Tensor, features: Tensor | None = None) -> Tensor:
     """Per-image negative ELBO in nats, as a function of ``params`` (and its context, if any);
     ``features``: the trunk's output for ``x``, if already computed."""
-    return _call(model, params, (x, eps), "elbo", features)
+    return _call(model, params, "elbo", x, eps, features=features)
 
 
 def per_pixel_loss(model: ConvVAE, params: Weights, x: Tensor, eps: Tensor) -> Tensor:
@@ -407,11 +403,11 @@ def per_pixel_loss(model: ConvVAE, params: Weights, x: Tensor, eps: Tensor) -> T
 
 
 def encode(model: ConvVAE, params: Weights, x: Tensor) -> tuple[Tensor, Tensor]:
-    return _call(model, params, (x,), "encode")
+    return _call(model, params, "encode", x)
 
 
 def decode(model: ConvVAE, params: Weights, z: Tensor) -> Tensor:
-    return _call(model, params, (z,), "decode")
+    return _call(model, params, "decode", z)
 
 
 def channels_last(params: Weights) -> Weights:
@@ -449,7 +445,7 @@ def iwae_nll(model: ConvVAE, params: Weights, x: Tensor, samples: int, generator
     for i in range(0, len(x), per):
         xb = x[i : i + per]
         eps = torch.randn(samples, len(xb), latent, generator=generator).to(xb)
-        log_w = _call(model, params, (xb, eps), "iwae", **extra)
+        log_w = _call(model, params, "iwae", xb, eps, **extra)
         out.append(math.log(samples) - torch.logsumexp(log_w, dim=0))
     return torch.cat(out)
 
@@ -479,5 +475,5 @@ def sample(
         pick = torch.randint(0, len(support), (n,), generator=generator).to(device)
     elif mode != "prior":
         raise ValueError(f"sampling mode must be 'prior' or 'support', got {mode!r}")
-    out = _call(model, params, (noise,), "sample", mode=mode, support=support, pick=pick, temperature=temperature)
+    out = _call(model, params, "sample", noise, mode=mode, support=support, pick=pick, temperature=temperature)
     return model.mean_image(out)
