@@ -46,11 +46,12 @@ def trial_params(params: Params, sample: dict[str, Any]) -> Params:
     return with_updates(params, updates)
 
 
-def search_space(tune: TuneParams) -> dict[str, Any]:
+def search_space(settings: TuneParams) -> dict[str, Any]:
+    """``tune.search_space`` as Ray Tune's sampling domains (a grid for explicit values)."""
     from ray import tune
 
     space: dict[str, Any] = {}
-    for key, dim in tune.search_space.items():
+    for key, dim in settings.search_space.items():
         if dim.values is not None:
             space[key] = tune.grid_search(list(dim.values))
         elif dim.integer:
