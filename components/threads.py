@@ -16,23 +16,22 @@ from contextlib import contextmanager
 import torch
 
 from components.net import ray_address
-from components.params import Params, TrainParams
+from components.params import TrainParams
 
 
-def training_cpus_here(params: Params) -> float:
+def training_cpus_here(train: TrainParams) -> float:
     """CPUs of this machine that Ray Train's workers hold: none when it trains on a Ray cluster
     elsewhere (``RAY_ADDRESS`` / ``train.ray_address``)."""
-    t = params.train
-    return 0.0 if ray_address(params.train) else t.num_workers * t.cpus_per_worker
+    return 0.0 if ray_address(train) else train.num_workers * train.cpus_per_worker
 
 
-def threads_beside_training(params: Params, local: bool, streams: int) -> int:
+def threads_beside_training(train: TrainParams, local: bool, streams: int) -> int:
     """Torch threads for each of ``streams`` concurrent pieces of work beside the training. An
     in-process training (``local``) shares this process's setting: it counts as one more stream."""
     cpus, streams = os.cpu_count() or 1, max(1, streams)
     if local:
         return max(1, cpus // (streams + 1))
-    return max(1, int((cpus - training_cpus_here(params)) // streams))
+    return max(1, int((cpus - training_cpus_here(train)) // streams))
 
 
 def figure_threads(train: TrainParams, otherwise: int = 0) -> int:

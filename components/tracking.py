@@ -19,7 +19,7 @@ from PIL import Image
 from components.errors import MetagenError, ServerUnreachable
 from components.evaluation.pictures import grid_image
 from components.net import check_reachable, tracking_uri
-from components.params import DataParams, Params, flatten
+from components.params import DataParams, Params, RegistryParams, flatten
 from components.timing import phase
 
 log = logging.getLogger(__name__)
@@ -30,15 +30,15 @@ TABLE_FILE = "eval/rows.json"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-def configure(params: Params, root: Path) -> str:
+def configure(registry: RegistryParams, root: Path) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; return its id."""
     import mlflow
 
-    uri = tracking_uri(params.registry, root)
+    uri = tracking_uri(registry, root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    name = params.registry.experiment
+    name = registry.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         if exp.tags.get(EXPERIMENT_KIND[0]) is None:  # made before metagen set it, or by hand
@@ -135,7 +135,7 @@ def start_run(params: Params, root: Path, run_name: str, data_version: dict[str,
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    experiment_id = configure(params, root)
+    experiment_id = configure(params.registry, root)
     client = MlflowClient()
     tags = {"mlflow.runName": run_name, **(extra_tags or {})}
     if data_version is not None:

@@ -158,17 +158,17 @@ def worker_summaries(run_dir: Path) -> list[dict[str, Any]]:
 _RAY_INIT = threading.Lock()
 
 
-def init_ray(params: Params) -> None:
+def init_ray(train: TrainParams) -> None:
     """Connect to ``RAY_ADDRESS`` / ``train.ray_address``, or start a local Ray on this machine
     (once, whichever of the run's concurrent steps asks first)."""
     with _RAY_INIT:
         if threading.current_thread() is threading.main_thread():
-            _init_ray(params)
+            _init_ray(train)
         else:
-            _init_ray_in_keeper_thread(params)
+            _init_ray_in_keeper_thread(train)
 
 
-def _init_ray_in_keeper_thread(params: Params) -> None:
+def _init_ray_in_keeper_thread(train: TrainParams) -> None:
     """``ray.init`` from a thread that lives as long as the process. A local Ray's processes are
     started with PR_SET_PDEATHSIG, which Linux fires when the *thread* that started them exits: a
     Ray started from a step's worker thread would die with that thread's pool."""
@@ -177,7 +177,7 @@ def _init_ray_in_keeper_thread(params: Params) -> None:
 
     def keeper() -> None:
         try:
-            _init_ray(params)
+            _init_ray(train)
         except BaseException as err:  # noqa: BLE001 - handed to the caller
             errors.append(err)
         finally:
@@ -190,12 +190,12 @@ def _init_ray_in_keeper_thread(params: Params) -> None:
         raise errors[0]
 
 
-def _init_ray(params: Params) -> None:
+def _init_ray(train: TrainParams) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    address = ray_address(params.train)
+    address = ray_address(train)
     runtime_env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
     if address:
         check_ray_address(address)
@@ -236,7 +236,7 @@ def stop_flag_for_workers() -> Iterator[Any]:
 def eval_mapper(params: Params) -> Mapper:
     """Where the evaluation runs: spread over the Ray cluster this run trains on (``eval.distributed``),
     or in this process."""
-    return mapper_for(params.eval.distributed, lambda: init_ray(params), figure_threads(params.train))
+    return mapper_for(params.eval.distributed, lambda: init_ray(params.train), figure_threads(params.train))
 
 
 def build_trainer(params: Params, prepared_dir: Path, storage_path: Path, name: str,
@@ -335,7 +335,7 @@ def _train_distributed(params: Params, prepared_dir: Path, out_dir: Path, name: 
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     with phase("ray start-up", "overhead"):
-        init_ray(params)
+        init_ray(params.train)
     name = name or f"metagen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     try:
         with (phase("ray train fit"), _shown_progress(params.train.steps, progress) as callbacks,

@@ -103,7 +103,7 @@ def run_tune(params: Params, prepared_dir: Path, out_dir: Path, name: str | None
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    init_ray(params)
+    init_ray(params.train)
     storage = Path(params.train.storage_path).resolve()
     probe = trial_params(params, {})
     max_t = max(1, math.ceil(probe.train.steps / probe.train.val_every))  # reports per trial

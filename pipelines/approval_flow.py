@@ -30,7 +30,7 @@ def approval(root: str, params: Params, version: str, wait_s: int, poll_s: int =
         description=f"{name} v{version} passed the promotion gate (its model card is the version's description "
                     "in MLflow). Approve it to let it become champion, or reject it with a reason.")
     answer = pause_flow_run(wait_for_input=form, timeout=wait_s, poll_interval=max(1, min(poll_s, wait_s)))
-    configure(params, Path(root))
+    configure(params.registry, Path(root))
     why = f"in the Prefect UI: {answer.reason}" if answer.reason else "in the Prefect UI"
     if answer.approve:
         champion = approve(name, version, why)

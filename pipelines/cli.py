@@ -290,7 +290,7 @@ def generate(
     from components.generate import generate_grid
     from components.tracking import configure
 
-    configure(params, project_dir)
+    configure(params.registry, project_dir)
     uri = model or f"models:/{params.registry.model_name}@champion"
     path = generate_grid(uri, support, n, out, params.data.max_image_pixels)
     console.print(f"wrote {path}")
@@ -308,7 +308,7 @@ def rollback(
     from components.registry import rollback as roll_back
     from components.tracking import configure
 
-    configure(params, project_dir)
+    configure(params.registry, project_dir)
     move = roll_back(params.registry.model_name, None if to is None else str(to), reason)
     console.print(f"{params.registry.model_name}: champion v{move.before} -> v{move.after} ({move.reason}), by {move.user}")
 
@@ -326,7 +326,7 @@ def approve(
     from components.approval import approve as approve_version, reject
     from components.tracking import configure
 
-    configure(params, project_dir)
+    configure(params.registry, project_dir)
     name = params.registry.model_name
     if reject_it:
         reject(name, str(version), reason)
@@ -348,7 +348,7 @@ def history(
     from components.registry import alias_history
     from components.tracking import configure
 
-    configure(params, project_dir)
+    configure(params.registry, project_dir)
     t = Table(title=f"{params.registry.model_name}: alias moves", title_justify="left")
     for column in ("time (UTC)", "alias", "from", "to", "decision", "user", "run", "reason"):
         t.add_column(column)

@@ -28,7 +28,7 @@ from pipelines.common import resolve, retry_unless_user_error, run_name
 def register_model(root: str, params: Params, run_id: str, checkpoint: str, tags: dict[str, str],
                    rule: AdaptationRule) -> str:
     with mlflow_step("registering the model"):
-        configure(params, Path(root))
+        configure(params.registry, Path(root))
         return register_checkpoint(run_id, Path(checkpoint), params, Path(root) / params.data.prepared_dir, tags, rule)
 
 
@@ -43,7 +43,7 @@ def gate(root: str, params: Params, version: str, report: dict[str, Any]) -> dic
         raise MetagenError(f"{base / params.eval.reports_dir / UNITS_FILE} is not from the evaluation in eval.json "
                            "(other digests); run `metagen evaluate` again")
     with mlflow_step("applying the promotion gate"):
-        configure(params, base)
+        configure(params.registry, base)
         decision = apply_gate(name, version, report, units, GateRules.from_params(params.registry, params.eval),
                               lambda v: champion_units(name, v, params, base, *digests))
     return decision.__dict__
@@ -54,7 +54,7 @@ def write_model_card(root: str, params: Params, version: str, run_id: str, repor
                      decision: dict[str, Any], tags: dict[str, str]) -> None:
     name = params.registry.model_name
     with mlflow_step("writing the model card"):
-        configure(params, Path(root))
+        configure(params.registry, Path(root))
         card = model_card(name, version, report, decision, tags, registered_facts(name, version), run_id)
         publish_model_card(name, version, card)
 

@@ -31,7 +31,7 @@ def same_as_champion(root: str, params: Params, data: dict[str, Any]) -> str | N
     """Why this run need not train (its data, code and params are the champion's), or None."""
     name = params.registry.model_name
     with mlflow_step("reading the champion's lineage"):
-        configure(params, Path(root))
+        configure(params.registry, Path(root))
         champion = champion_tags(name)
     if champion is None or not unchanged_since(lineage_tags(params, data), champion[1]):
         return None
@@ -64,11 +64,11 @@ def retrain(root: str = ".", params_path: str = "params.yaml", overrides: list[s
             trained_with = with_updates(params, best["best_config"])
         # the references do not need the model: the extractor and `pretrain` train side by side
         # meanwhile, then the baselines are scored, each on the cores the training leaves
-        beside = figure_threads(trained_with.train, threads_beside_training(trained_with, local, streams=2))
+        beside = figure_threads(trained_with.train, threads_beside_training(trained_with.train, local, streams=2))
         with stoppable():  # an extractor that cannot be trusted stops the training
             features = feature_extractor.submit(root, trained_with, beside, stop_training=True)
             pretrained = pretrain_baseline.submit(root, trained_with, beside)
-            references = reference_scores.submit(root, trained_with, figure_threads(trained_with.train, threads_beside_training(trained_with, local, streams=1)),
+            references = reference_scores.submit(root, trained_with, figure_threads(trained_with.train, threads_beside_training(trained_with.train, local, streams=1)),
                                                  wait_for=[features, pretrained])
             with phase("train"):
                 trained = train(root, local=local, run_id=run_id, params=trained_with)

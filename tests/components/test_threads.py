@@ -19,8 +19,8 @@ from tests.conftest import make_params
 def test_the_cores_the_training_leaves_split_among_the_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    one = make_params("train.num_workers=1", "train.cpus_per_worker=1")
-    four = make_params("train.num_workers=2", "train.cpus_per_worker=2")
+    one = make_params("train.num_workers=1", "train.cpus_per_worker=1").train
+    four = make_params("train.num_workers=2", "train.cpus_per_worker=2").train
     assert training_cpus_here(one) == 1 and training_cpus_here(four) == 4
     assert threads_beside_training(one, local=False, streams=2) == 7   # (16 - 1) // 2
     assert threads_beside_training(four, local=False, streams=1) == 12

@@ -77,7 +77,7 @@ def test_unreachable_ray_cluster(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     try:
         with pytest.raises(MetagenError, match=f"cannot reach the Ray cluster at '{address}'"):
-            init_ray(make_params(f"train.ray_address={address}"))
+            init_ray(make_params(f"train.ray_address={address}").train)
     finally:
         if connected:
             ray.init(address=connected, log_to_driver=False)

@@ -226,7 +226,7 @@ def test_unreachable_server_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     with pytest.raises(MetagenError, match=rf"MLflow tracking server \(MLFLOW_TRACKING_URI\) unreachable at {url}"):
-        configure(make_params(), tmp_path)
+        configure(make_params().registry, tmp_path)
 
 
 def test_promote_against_a_dead_server_fails_at_its_start_and_moves_no_alias(prefect_api: str, mlflow_own, project: Path) -> None:  # noqa: ANN001
