@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.errors import MetagenError
-from components.evaluation.bootstrap import Interval
+from components.evaluation.bootstrap import FidUnits, Interval, compare, fid_units
 from components.params import EvalParams, RegistryParams
 
 META = "meta"
@@ -141,3 +141,13 @@ def own_conditions(rows: Sequence[Row], intervals: Mapping[tuple[str, str], Inte
 
 def champion_condition(champion: str, iv: Interval, rules: GateRules) -> Condition:
     return compared(f"champion v{champion}", iv, rules.min_improvement)
+
+
+def against_champion(champion: str, ours: FidUnits, theirs: FidUnits, rules: GateRules) -> tuple[Interval, Condition]:
+    """The paired bootstrap of this version's FID against the champion's (both scored on the same
+    extractor and protocol: refused otherwise) and the condition it makes."""
+    if (theirs.extractor, theirs.protocol) != (ours.extractor, ours.protocol):
+        raise MetagenError(f"champion v{champion}'s FID units are under other digests than this version's")
+    iv = compare(fid_units(ours.model), {"champion": fid_units(theirs.model)}, fid_units(ours.real),
+                 rules.bootstrap_samples, rules.seed, rules.confidence)["champion"]
+    return iv, champion_condition(champion, iv, rules)

@@ -30,9 +30,9 @@ from components.evaluation.report import gate_markdown
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner
 from components.data.prepare import load_split
-from components.evaluation.bootstrap import FidUnits, compare, fid_units, load_units
+from components.evaluation.bootstrap import FidUnits, load_units
 from components.evaluation.evaluate import UNITS_FILE, evaluate
-from components.gate import Condition, GateRules, champion_condition, intervals_of, meta_row, own_conditions, rows_of
+from components.gate import Condition, GateRules, against_champion, intervals_of, meta_row, own_conditions, rows_of
 from components.meta.trainer import Restored, TrainState, load_learner, rebuild_learner
 from components.params import MetaParams, Params
 
@@ -334,16 +334,12 @@ def promote(
     verdict = own_conditions(rows_of(report), intervals_of(report), rules)
     before = alias_version(client, name, CHAMPION)
     if before is not None and before != version:
-        theirs = champion_units(before)
-        if (theirs.extractor, theirs.protocol) != (units.extractor, units.protocol):
-            raise MetagenError(f"champion v{before}'s FID units are under other digests than v{version}'s")
-        iv = compare(fid_units(units.model), {"champion": fid_units(theirs.model)}, fid_units(units.real),
-                     rules.bootstrap_samples, rules.seed, rules.confidence)["champion"]
+        iv, condition = against_champion(before, units, champion_units(before), rules)
         if key not in client.get_model_version(name, before).tags:
             retry_write(client.set_model_version_tag, name, before, key, repr(iv.other_fid))
             retry_write(client.set_model_version_tag, name, before, eligible_key(key),
                    str(iv.other_fid <= rules.fid_threshold).lower())
-        verdict = verdict.plus(champion_condition(before, iv, rules))
+        verdict = verdict.plus(condition)
     elif before is None:
         verdict = verdict.plus(Condition("no champion yet", True))
     retry_write(client.set_model_version_tag, name, version, key, repr(fid))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from components.errors import MetagenError
-from components.evaluation.bootstrap import Interval
-from components.gate import GateRules, Row, champion_condition, own_conditions
+from components.evaluation.bootstrap import FidUnits, Interval
+from components.gate import GateRules, Row, against_champion, champion_condition, own_conditions
 
 RULES = GateRules(sampling="support", fid_threshold=20.0, max_copy_rate=0.1, require_beats_baselines=True)
 
@@ -65,3 +66,21 @@ def test_the_champion_comparison_and_missing_pieces() -> None:
         own_conditions([Row("meta", "support", 1.0, 0.0), Row("pretrain", "support", 2.0, 0.0)], {}, RULES)
     with pytest.raises(MetagenError, match="no row for the meta-model's 'support'"):
         own_conditions([Row("meta", "prior", 1.0, 0.0)], {}, RULES)
+
+
+def _units(shift: float, extractor: str = "x", seed: int = 0):
+    rng = np.random.default_rng(seed)
+    real = [[rng.normal(size=(40, 4)) for _ in range(6)] for _ in range(2)]
+    model = [[rng.normal(size=(40, 4)) + shift for _ in range(6)] for _ in range(2)]
+    return FidUnits(extractor, "p", model, real)
+
+
+def test_the_champion_comparison_is_a_paired_bootstrap_and_a_tie_keeps_the_champion() -> None:
+    ours, far, same = _units(0.1), _units(1.5, seed=1), _units(0.1, seed=2)
+    worse = FidUnits("x", "p", far.model, ours.real)  # a champion scored on the same real features
+    iv, c = against_champion("1", ours, worse, RULES)
+    assert c.ok and iv.high < 0 and iv.fid < iv.other_fid and "champion v1" in c.text
+    iv, c = against_champion("1", ours, FidUnits("x", "p", same.model, ours.real), RULES)
+    assert not c.ok and iv.low < 0 < iv.high  # a draw from the same distribution: a tie
+    with pytest.raises(MetagenError, match="champion v1's FID units are under other digests"):
+        against_champion("1", ours, _units(1.5, extractor="other"), RULES)
