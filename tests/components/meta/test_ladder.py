@@ -186,9 +186,11 @@ def test_the_set_gain_experiment_trains_both_models_and_scores_meta_val(digits_p
                                           env=env, check=True).stdout
     done = subprocess.run([sys.executable, str(script), "--prepared", str(digits_prepared), "--binarize", "--steps", "2",
                            "--batch", "2", "--queries", "2", "--width", "8", "--latent-dim", "2", "--context-dim", "4",
-                           "--classes", "2", "--images", "2", "--samples", "3"],
+                           "--classes", "2", "--images", "2", "--samples", "3", "--also-train"],
                           capture_output=True, text=True, env=env, check=True)
     report = json.loads(done.stdout)
     assert report["set"]["steps"] == report["plain"]["steps"] == 2 and report["set"]["classes"] == 2
     assert all(math.isfinite(report[m]["nll_nats"]) and report[m]["bits_per_dim"] > 0 for m in ("set", "plain"))
     assert report["gain_nats"] == pytest.approx(report["plain"]["nll_nats"] - report["set"]["nll_nats"])
+    assert report["meta_train_gain_nats"] == pytest.approx(
+        report["plain"]["meta_train"]["nll_nats"] - report["set"]["meta_train"]["nll_nats"])
