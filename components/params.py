@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.errors import ParamsError
+from components.lr_schedule import Schedule
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
@@ -132,6 +133,7 @@ class TrainParams(_Section):
     pretrain_steps: int = Field(ge=0)
     pretrain_batch_size: int = Field(ge=1)
     num_threads: int = Field(ge=0)
+    lr_schedule: Schedule  # the outer Adam's rate over the run (meta-model and `pretrain` alike)
     num_workers: int = Field(ge=1)
     use_gpu: bool
     cpus_per_worker: float = Field(gt=0)

@@ -127,6 +127,7 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
         "data": data_key, "vae": cfg.__dict__, "steps": params.train.pretrain_steps,
         "batch": params.train.pretrain_batch_size, "lr": params.eval.pretrain_lr, "seed": params.train.seed,
         **({"binarize": True} if params.model.binarize else {}),  # (absent when off: the caches made before it hold)
+        **({"lr_schedule": params.train.lr_schedule} if params.train.lr_schedule != "constant" else {}),
     }, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"pretrain-{key}.pt"
     model = new_vae(cfg)
@@ -136,7 +137,8 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
     log.info("training the pretrain baseline (%d Adam steps on all meta-train images)", params.train.pretrain_steps)
     with torch_threads(figure_threads(params.train)):
         model, _ = pretrain_vae(cfg, train.images, params.train.pretrain_steps, params.train.pretrain_batch_size,
-                                params.eval.pretrain_lr, params.train.seed, params.model.binarize)
+                                params.eval.pretrain_lr, params.train.seed, params.model.binarize,
+                                params.train.lr_schedule)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         torch.save(model.state_dict(), tmp)

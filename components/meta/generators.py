@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from components.data.binarize import binarize
+from components.lr_schedule import Schedule, lr_factor
 from components.meta.adaptation import AdaptationRule, finetune
 from components.meta.learner import MetaLearner
 from components.models.vae import ConvVAE, Weights, VAEConfig, build_vae, iwae_nll, param_dict, sample
@@ -183,15 +184,19 @@ class FinetuneGenerator:
 
 def pretrain_vae(
     cfg: VAEConfig, images: np.ndarray, steps: int, batch_size: int, lr: float, seed: int, binary: bool = False,
+    schedule: Schedule = "constant",
 ) -> tuple[ConvVAE, list[float]]:
     """The ``pretrain`` baseline: one VAE trained on all meta-train images (Adam, seeded;
-    ``binary``: each batch a fresh binary draw, as the meta-model's tasks)."""
+    ``binary``: each batch a fresh binary draw, as the meta-model's tasks; ``schedule``: the
+    rate over the steps, as the meta-model's)."""
     model = build_vae(cfg, seed)
     data = torch.from_numpy(images)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses: list[float] = []
     for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_factor(schedule, step, steps)
         idx = torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen)
         eps = torch.randn(len(idx), model.noise_dim, generator=gen)
         x = binarize(data[idx], gen) if binary else data[idx]

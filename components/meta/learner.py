@@ -55,6 +55,11 @@ class MetaLearner:
             return None
         return {k.replace("__", "."): v.detach() for k, v in self.lrs.items()}
 
+    def set_outer_lr_factor(self, factor: float) -> None:
+        """The outer Adam's rate for the next steps: ``meta.outer_lr`` times ``factor`` (the schedule)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.meta.outer_lr * factor
+
     # --- one meta-step --------------------------------------------------------------------
     def compute_gradients(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean outer loss and meta-gradient over the tasks of ``batch`` (no parameter change)."""

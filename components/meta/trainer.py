@@ -15,6 +15,7 @@ from torchvision.utils import make_grid
 
 from components.data.prepare import Split, load_split
 from components.errors import CheckpointError, TrainingError
+from components.lr_schedule import lr_factor
 from components.meta.checkpoint import FILENAME, load_checkpoint, save_checkpoint, training_folder
 from components.meta.adaptation import AdaptationRule
 from components.meta.learner import MetaLearner, Reducer
@@ -218,6 +219,7 @@ def run_loop(learner: MetaLearner, params: Params, state: TrainState, train: Spl
     done, started = 0, time.perf_counter()
     while state.step < last and not hooks.stop_requested():
         hooks.before_step(state.step)
+        learner.set_outer_lr_factor(lr_factor(t.lr_schedule, state.step, t.steps))
         batch = sampler.sample(state.step, params.meta.meta_batch_size).to(shard.device)
         try:
             metrics = train_step(learner, batch, shard.rank, shard.world, shard.reduce)

@@ -11,14 +11,19 @@ from components.data.prepare import load_split
 from components.meta.checkpoint import load_checkpoint
 from components.meta.trainer import load_learner, make_sampler, train_local, validate
 from components.errors import CheckpointError, TrainingError
+from components.lr_schedule import lr_factor
 from tests.conftest import make_params
 
 FAST = ["model.width=16", "meta.meta_batch_size=2", "meta.k_query=5", "train.val_tasks=4", "train.val_every=5",
         "train.report_every=5", "train.checkpoint_every=5"]
 
 
-def test_resume_is_bit_identical(tmp_path: Path, digits_prepared: Path) -> None:
-    params = make_params(*FAST, "train.steps=12", "meta.algorithm=metasgd", "meta.inner_steps=1")
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_is_bit_identical(tmp_path: Path, digits_prepared: Path, schedule: str) -> None:
+    """Stopped at step 7 and resumed, the training ends bit-identical to the straight run (the
+    cosine rate is a function of the step, so the resumed steps get the rates they would have had)."""
+    params = make_params(*FAST, "train.steps=12", "meta.algorithm=metasgd", "meta.inner_steps=1",
+                         f"train.lr_schedule={schedule}")
     straight = train_local(params, digits_prepared, tmp_path / "a", progress=False)
     train_local(params, digits_prepared, tmp_path / "b", progress=False, stop_after=7)
     assert load_checkpoint(tmp_path / "b")["step"] == 7
@@ -31,6 +36,8 @@ def test_resume_is_bit_identical(tmp_path: Path, digits_prepared: Path) -> None:
         assert torch.equal(v, b["learner"]["lrs"][k]), k
     timeless = [[{k: v for k, v in h.items() if k != "steps_per_s"} for h in c["history"]] for c in (a, b)]
     assert timeless[0] == timeless[1]
+    last_lr = b["learner"]["optimizer"]["param_groups"][0]["lr"]  # the rate of the last step taken
+    assert last_lr == pytest.approx(params.meta.outer_lr * lr_factor(params.train.lr_schedule, 11, 12))
 
 
 def test_other_params_do_not_resume(tmp_path: Path, digits_prepared: Path) -> None:
