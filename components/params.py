@@ -213,6 +213,8 @@ class EvalParams(_Section):
     nll_samples: int = Field(ge=1)
     nll_proposal_scales: list[float] = Field(min_length=1)
     nll_max_images: int = Field(ge=1)
+    nll_choice_images: int = Field(ge=0)  # 0: the NLL at the sampling settings; > 0: at the likelihood-best lr on meta-val
+    nll_choice_samples: int = Field(ge=1)
     prdc_k: int = Field(ge=1)
     copy_percentile: float = Field(gt=0, lt=100)
     copy_max_shift: int = Field(ge=0, le=8)

@@ -261,7 +261,7 @@ def _baseline_params(params: Params, rows: list[dict[str, Any]], name: str) -> d
                            "eval.samples_per_class": params.eval.samples_per_class, "eval.seed": params.eval.seed,
                            "model.arch": params.model.arch, "model.latent_dim": params.model.latent_dim, "model.width": params.model.width,
                            "adapt_steps": row["adapt_steps"], "adapt_lr": row["adapt_lr"],
-                           "sampling_temperature": row["temperature"]}
+                           "sampling_temperature": row["temperature"], "nll_lr": row.get("nll_lr", row["adapt_lr"])}
     if name == "pretrain":
         out.update({"train.pretrain_steps": params.train.pretrain_steps, "eval.pretrain_lr": params.eval.pretrain_lr})
     return out

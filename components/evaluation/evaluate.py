@@ -221,7 +221,8 @@ def score_baselines(
     test_feats = extractor.features(torch.from_numpy(test.images))
     chosen: list[FewShotGenerator] = []
     if selection is not None:
-        chosen = [gen.with_settings(selection[gen.name]["lr"], selection[gen.name]["temperature"]) for gen in baselines]
+        chosen = [gen.with_settings(selection[gen.name]["lr"], selection[gen.name]["temperature"])
+                  .with_nll_lr(selection[gen.name]["nll_lr"]) for gen in baselines]
     else:
         selection = {}
     if baselines and not chosen:
@@ -230,7 +231,8 @@ def score_baselines(
             picked = choose_settings(baselines, val, val_feats, extractor, protocol, protocol.eval.finetune_lrs,
                                      "support", max_copy_rate, mapper)
         for gen, table in picked:
-            selection[gen.name] = {"lr": gen.lr, "temperature": gen.temperature, "candidates": table}
+            selection[gen.name] = {"lr": gen.lr, "temperature": gen.temperature, "nll_lr": gen.nll_lr,
+                                   "candidates": table}
             chosen.append(gen)
     gens = [*chosen, SupportReplay()]
     with phase("baselines and replay"):
@@ -246,13 +248,14 @@ def choose_meta_settings(meta: MetaGenerator, val: Split, extractor: ex.FeatureE
                          max_copy_rate: float, mapper: Mapper | None = None) -> tuple[MetaGenerator, dict[str, Any]]:
     """The meta-model's fine-tuning lr after its context steps (``eval.finetune_lrs``, 0 = none)
     and its sampling temperature, chosen on the baselines' meta-val classes, in its served mode, by
-    the rule the baselines' are chosen by (the lowest FID that does not copy)."""
+    the rule the baselines' are chosen by (the lowest FID that does not copy; its NLL's lr too, as theirs)."""
     ev = protocol.eval
     val_feats = extractor.features(torch.from_numpy(val.images))
     with phase("settings choice"):
         [(chosen, table)] = choose_settings([meta], val, val_feats, extractor, protocol, ev.finetune_lrs,
                                             meta.rule.sampling, max_copy_rate, mapper)
-    return chosen, {"lr": chosen.lr, "temperature": chosen.temperature, "candidates": table}
+    return chosen, {"lr": chosen.lr, "temperature": chosen.temperature, "nll_lr": chosen.nll_lr,
+                    "candidates": table}
 
 
 def score(
@@ -285,7 +288,7 @@ def fid_comparisons(scores: Scores, real: list[list[np.ndarray]], ev: EvalParams
 
 
 BASELINES_CACHE_VERSION = 7  # bump when what score_baselines computes changes (7: the FID's bootstrap units kept)
-CHOICE_CACHE_VERSION = 5  # ... and this when their settings choice changes (5: the copy rate's bound decides)
+CHOICE_CACHE_VERSION = 6  # ... and this when their settings choice changes (6: the NLL's lr chosen too)
 
 
 def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, extractor_digest: str,
@@ -348,7 +351,8 @@ def _cached_choice(path: Path, names: list[str]) -> dict[str, Any] | None:
         return None
     try:
         selection = json.loads(path.read_text())
-        if all(isinstance(selection[n]["lr"], (int, float)) and selection[n]["temperature"] > 0 for n in names):
+        if all(isinstance(selection[n]["lr"], (int, float)) and selection[n]["temperature"] > 0
+               and isinstance(selection[n]["nll_lr"], (int, float, type(None))) for n in names):
             return selection
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -392,7 +396,7 @@ def evaluate(
         with phase("references (baselines, replay)"):
             references = baseline_scores(params, prepared_dir, features_dir, cache_dir, mapper, ctx)
     meta = MetaGenerator(learner, rule)
-    meta_choice = {"lr": rule.finetune_lr, "temperature": rule.temperature, "candidates": []}
+    meta_choice = {"lr": rule.finetune_lr, "temperature": rule.temperature, "nll_lr": None, "candidates": []}
     if choose:
         meta, meta_choice = choose_meta_settings(meta, ctx.choice, extractor, protocol, params.registry.max_copy_rate,
                                                  mapper)
@@ -413,7 +417,9 @@ def evaluate(
         chart = selection_chart(out_dir / "selection.png", selection, params.registry.max_copy_rate)
         pictures += [chart] if chart is not None else []
     report = {
-        "nll": nll_meaning(params.model.likelihood, params.model.binarize),
+        "nll": nll_meaning(params.model.likelihood, params.model.binarize)
+        + (", each model at its likelihood-best fine-tuning lr chosen on meta-val (its lr beside it where it differs from the sampling one)"
+           if ev.nll_choice_images > 0 and choose else ", each model at its sampling settings"),
         "protocol": {"digest": protocol.digest, **ev.model_dump(mode="json"), "k_shot": params.meta.k_shot,
                      "test_classes": test.classes},
         "extractor": {"name": extractor.name, "digest": extractor.digest, "heldout_accuracy": ctx.extractor_accuracy},

@@ -53,9 +53,10 @@ class Protocol:
 
     @property
     def choice_digest(self) -> str:
-        """What a settings choice (:func:`choose_settings`: one seed, no NLL, no augmentation
-        classifier) depends on: the digest without the fields it does not read."""
-        return self._digest(SCORING_FIELDS - NOT_IN_CHOICE)
+        """What a settings choice (:func:`choose_settings`: one seed, its own NLL budget, no
+        augmentation classifier) depends on: the digest without the fields it does not read."""
+        unread = set() if self.eval.nll_choice_images > 0 else {"nll_proposal_scales", "nll_choice_samples"}
+        return self._digest(SCORING_FIELDS - NOT_IN_CHOICE - unread)
 
     def _digest(self, include: set[str]) -> str:
         fields = self.eval.model_dump(mode="json", include=include)
@@ -66,9 +67,9 @@ class Protocol:
 
 SCORING_FIELDS = {"seed", "repeats", "samples_per_class", "temperatures", "kid_subsets", "kid_subset_size",
                   "augment_steps", "max_classes", "nll_samples", "nll_proposal_scales", "nll_max_images", "prdc_k",
-                  "copy_percentile", "copy_max_shift"}
+                  "copy_percentile", "copy_max_shift", "nll_choice_images", "nll_choice_samples"}
 # the choice reads meta-val classes only: the meta-test subset (max_classes) is not among its inputs
-NOT_IN_CHOICE = {"repeats", "augment_steps", "nll_samples", "nll_proposal_scales", "nll_max_images", "max_classes"}
+NOT_IN_CHOICE = {"repeats", "augment_steps", "nll_samples", "nll_max_images", "max_classes"}
 
 
 def select_classes(split: Split, max_classes: int | None, seed: int) -> Split:
@@ -194,12 +195,17 @@ def adapt_class(gens: Sequence[FewShotGenerator], job: ClassJob) -> ClassResult:
     torch_gen = torch.Generator().manual_seed(job.seed)
     with phase("adapt"):
         adapted = gen.adapt(job.support, torch_gen)
+    after = torch_gen.get_state()
     nll = None
     if job.nll_images is not None:
+        judged = adapted
+        if gen.nll_lr is not None and gen.nll_lr != gen.lr:  # its likelihood at its own lr, the same seed
+            with phase("adapt"):
+                judged = gen.with_settings(gen.nll_lr, gen.temperature).adapt(
+                    job.support, torch.Generator().manual_seed(job.seed))
         with phase("nll"):
-            nll = adapted.nll(job.nll_images, job.nll_samples, torch.Generator().manual_seed(job.nll_seed),
-                              job.nll_proposal_scales)
-    after = torch_gen.get_state()
+            nll = judged.nll(job.nll_images, job.nll_samples, torch.Generator().manual_seed(job.nll_seed),
+                             job.nll_proposal_scales)
     with phase("sample"):
         samples = {}
         for mode, t in job.variants:
@@ -259,21 +265,23 @@ def run_generators(
     gens: Sequence[FewShotGenerator], split: Split, real_feats: np.ndarray, extractor: FeatureExtractor,
     protocol: Protocol, seeds: Sequence[int], modes: tuple[str, ...] = MODES, score_aug: bool = True,
     score_nll: bool = True, stats_cache: Path | None = None, mapper: Mapper | None = None,
-    temperatures: Sequence[float] | None = None,
+    temperatures: Sequence[float] | None = None, nll_budget: tuple[int, int] | None = None,
 ) -> list[list[RepeatResult]]:
     """Every generator x repeat (one per seed) x class: adapt, NLL, samples (``mapper`` spreads the
     classes), then every generator x repeat x variant scored (spread too). ``[generator][repeat]``.
-    A generator samples each mode at its own temperature, or at each of ``temperatures`` (a choice)."""
+    A generator samples each mode at its own temperature, or at each of ``temperatures`` (a choice).
+    ``nll_budget``: (held-out images a class, importance samples) of the NLL; None: the table's."""
     mapper = mapper or LocalMapper()
     ev = protocol.eval
+    nll_images, nll_samples = nll_budget or (ev.nll_max_images, ev.nll_samples)
     episodes = [draw_episode(split, protocol.k_shot, seed) for seed in seeds]
     n_classes = len(split.classes)
     variants = [tuple((mode, t) for mode in _modes(gen, modes) for t in (temperatures or [gen.temperature]))
                 for gen in gens]
     jobs = [
         ClassJob(g, torch.from_numpy(split.images[ep.supports[c]]),
-                 torch.from_numpy(split.images[ep.heldout[c][: ev.nll_max_images]]) if score_nll else None,
-                 ev.samples_per_class, variants[g], ev.nll_samples, tuple(ev.nll_proposal_scales),
+                 torch.from_numpy(split.images[ep.heldout[c][:nll_images]]) if score_nll else None,
+                 ev.samples_per_class, variants[g], nll_samples, tuple(ev.nll_proposal_scales),
                  class_seed(seed, c), nll_seed(seed, c), protocol.binarized)
         for g in range(len(gens)) for seed, ep in zip(seeds, episodes, strict=True) for c in range(n_classes)
     ]
@@ -318,7 +326,8 @@ def rows_of(gen: FewShotGenerator, repeats: list[RepeatResult], modes: tuple[str
     for mode in _modes(gen, modes):
         row: dict[str, Any] = {
             "model": gen.name, "sampling": mode, "adapt_steps": gen.steps, "adapt_lr": gen.lr,
-            "temperature": gen.temperature, "nll_mean": nll_m, "nll_std": nll_s,
+            "temperature": gen.temperature, "nll_lr": gen.lr if gen.nll_lr is None else gen.nll_lr,
+            "nll_mean": nll_m, "nll_std": nll_s,
         }
         for metric in SAMPLE_METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(
@@ -372,17 +381,25 @@ def choose_settings(
     most copying one, as it did for the meta-model on the CelebA sample). lr 0 is a
     candidate only for a generator that starts trained (``pretrain`` as it is, the meta-model after
     its context steps); for ``scratch`` it would be an untrained network, which copies nothing. The temperature only changes sampling:
-    each lr adapts once and samples at every temperature from the same adapted state."""
-    seed = protocol.eval.seed + 7
-    temperatures = protocol.eval.temperatures
+    each lr adapts once and samples at every temperature from the same adapted state.
+
+    With ``eval.nll_choice_images`` > 0 each lr's NLL is measured too (that many held-out images a
+    class, ``eval.nll_choice_samples`` importance samples) and the generator's likelihood is then
+    measured at the lr of the lowest one (:attr:`FewShotGenerator.nll_lr`): a density is judged
+    at its best setting as its samples are at theirs, each chosen on meta-val."""
+    ev = protocol.eval
+    seed = ev.seed + 7
+    temperatures = ev.temperatures
+    by_nll = ev.nll_choice_images > 0
     own_lrs = [[None] if lrs is None else [lr for lr in lrs if lr > 0 or gen.starts_trained] for gen in gens]
-    candidates = [gen.with_settings(lr, gen.temperature) for gen, mine in zip(gens, own_lrs, strict=True)
-                  for lr in mine]
+    candidates = [gen.with_settings(lr, gen.temperature).with_nll_lr(None)
+                  for gen, mine in zip(gens, own_lrs, strict=True) for lr in mine]
     results = iter(run_generators(candidates, val, val_feats, extractor, protocol, [seed], (mode,),
-                                  score_aug=False, score_nll=False, mapper=mapper, temperatures=temperatures))
+                                  score_aug=False, score_nll=by_nll, mapper=mapper, temperatures=temperatures,
+                                  nll_budget=(ev.nll_choice_images, ev.nll_choice_samples)))
     chosen = []
     for gen, mine in zip(gens, own_lrs, strict=True):
-        table = [{"lr": lr, "temperature": t, "fid": res[0].metrics[(mode, t)]["fid"],
+        table = [{"lr": lr, "temperature": t, "nll": res[0].nll, "fid": res[0].metrics[(mode, t)]["fid"],
                   "copy_rate": res[0].metrics[(mode, t)]["copy_rate"],
                   "copy_bound": copy_rate_bound(res[0].copies[(mode, t)], protocol.eval.confidence,
                                                 protocol.eval.bootstrap_samples, seed)}
@@ -390,7 +407,8 @@ def choose_settings(
         honest = [row for row in table if row["copy_bound"] <= max_copy_rate]
         best = (min(honest, key=lambda row: row["fid"]) if honest
                 else min(table, key=lambda row: (row["copy_bound"], row["fid"])))
-        log.info("%s: lr %s, temperature %g chosen on meta-val (FID, copy rate and its bound of each: %s)",
-                 gen.name, best["lr"], best["temperature"], table)
-        chosen.append((gen.with_settings(best["lr"], best["temperature"]), table))
+        nll_lr = min(table, key=lambda row: row["nll"])["lr"] if by_nll else None
+        log.info("%s: lr %s, temperature %g chosen on meta-val%s (NLL, FID, copy rate and its bound of each: %s)",
+                 gen.name, best["lr"], best["temperature"], f", its NLL at lr {nll_lr}" if by_nll else "", table)
+        chosen.append((gen.with_settings(best["lr"], best["temperature"]).with_nll_lr(nll_lr), table))
     return chosen

@@ -31,9 +31,11 @@ def markdown_table(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         lr = _f(r["adapt_lr"], "g")
+        nll_lr = r.get("nll_lr", r["adapt_lr"])
+        at = f" (at lr {_f(nll_lr, 'g')})" if r["nll_mean"] is not None and nll_lr != r["adapt_lr"] else ""
         lines.append(
             f"| {r['model']} | {r['sampling']} | {r['adapt_steps']} | {lr} | {_f(r.get('temperature'), 'g')} | "
-            f"{_pm(r['nll_mean'], r['nll_std'], '.1f')}"
+            f"{_pm(r['nll_mean'], r['nll_std'], '.1f')}{at}"
             + (f" ({_pm(r['nll_bpd_mean'], r['nll_bpd_std'], '.3f')} bits/dim)" if r.get("nll_bpd_mean") is not None else "")
             + " | "
             f"{_pm(r['fid_mean'], r['fid_std'], '.2f')} | {_pm(r['kid_mean'], r['kid_std'], '.4f')} | "

@@ -55,6 +55,10 @@ class FewShotGenerator(Protocol):
     def lr(self) -> float | None: ...
 
     @property
+    def nll_lr(self) -> float | None:
+        """The fine-tuning lr its likelihood is measured at (None: ``lr``, the sampling one)."""
+
+    @property
     def starts_trained(self) -> bool:
         """Whether lr 0 leaves a trained generator (not a random initialisation)."""
 
@@ -65,6 +69,9 @@ class FewShotGenerator(Protocol):
 
     def with_settings(self, lr: float | None, temperature: float) -> FewShotGenerator:
         """The same generator adapting at ``lr`` (where it has one to choose) and sampling at ``temperature``."""
+
+    def with_nll_lr(self, lr: float | None) -> FewShotGenerator:
+        """The same generator, its likelihood measured after fine-tuning at ``lr`` (None: at ``lr``)."""
 
 
 @dataclass
@@ -104,11 +111,15 @@ class SupportReplay:
     modes: tuple[str, ...] = ("replay",)
     temperature: float = 1.0  # unused: replay draws no noise
     starts_trained: bool = True
+    nll_lr: float | None = None  # no density
 
     def adapt(self, support: Tensor, generator: torch.Generator) -> Adapted:
         return ReplayedSupport(support)
 
     def with_settings(self, lr: float | None, temperature: float) -> SupportReplay:
+        return self
+
+    def with_nll_lr(self, lr: float | None) -> SupportReplay:
         return self
 
 
@@ -120,6 +131,7 @@ class MetaGenerator:
     rule: AdaptationRule
     name: str = "meta"
     modes: tuple[str, ...] = MODES
+    nll_lr: float | None = None  # the fine-tuning lr its likelihood is measured at (None: the rule's)
 
     @property
     def model(self) -> ConvVAE:
@@ -148,6 +160,9 @@ class MetaGenerator:
         return replace(self, rule=replace(self.rule, temperature=temperature,
                                           finetune_lr=self.rule.finetune_lr if lr is None else lr))
 
+    def with_nll_lr(self, lr: float | None) -> MetaGenerator:
+        return replace(self, nll_lr=lr)
+
     def adapt(self, support: Tensor, generator: torch.Generator) -> AdaptedVAE:
         fast = self.rule.adapt(self.model, self.learner.params(), self.learner.inner_lrs(), support, generator)
         return AdaptedVAE(self.model, fast, support)
@@ -164,6 +179,7 @@ class FinetuneGenerator:
     lr: float | None = None
     modes: tuple[str, ...] = MODES
     temperature: float = 1.0
+    nll_lr: float | None = None  # the fine-tuning lr its likelihood is measured at (None: ``lr``)
 
     @property
     def starts_trained(self) -> bool:
@@ -171,6 +187,9 @@ class FinetuneGenerator:
 
     def with_settings(self, lr: float | None, temperature: float) -> FinetuneGenerator:
         return replace(self, lr=lr, temperature=temperature)
+
+    def with_nll_lr(self, lr: float | None) -> FinetuneGenerator:
+        return replace(self, nll_lr=lr)
 
     def adapt(self, support: Tensor, generator: torch.Generator) -> AdaptedVAE:
         if self.start is None:

@@ -184,6 +184,43 @@ def test_the_choice_scores_the_generator_it_chooses(setup, digits_prepared: Path
     assert fids[1.0] != fids[0.3]  # the temperature reaches the samples
 
 
+def test_each_model_s_likelihood_is_measured_at_the_lr_that_gives_it_the_best_one_on_meta_val(
+        setup, digits_prepared: Path) -> None:  # noqa: ANN001
+    """With ``eval.nll_choice_images`` the choice measures every lr's NLL on meta-val and the
+    generator's NLL is then taken at the lowest one's lr: exactly the NLL of the generator set to
+    that lr, while its samples stay those of its sampling lr; with 0 the NLL stays at the sampling
+    settings (the choice measures none)."""
+    from components.evaluation.protocol import choose_settings, run_generators
+
+    params, test, learner, extractor, _, feats = setup
+    plain = ConvVAE(replace(learner.model.cfg, context_dim=0))
+    pretrain = FinetuneGenerator("pretrain", plain, param_dict(plain), steps=3)
+    val = load_split(digits_prepared, "val")
+    val_feats = extractor.features(torch.from_numpy(val.images))
+    lrs = [0.0, 0.01, 0.1]
+    ev = make_params(*TINY, "eval.nll_choice_images=3", "eval.nll_choice_samples=4").eval
+    [(chosen, table)] = choose_settings([pretrain], val, val_feats, extractor, Protocol(ev, params.meta.k_shot, "v"),
+                                        lrs, "support", max_copy_rate=1.0)
+    nll = {c["lr"]: c["nll"] for c in table}
+    assert set(nll) == set(lrs) and len(set(nll.values())) == len(lrs)  # every lr measured, each its own
+    assert chosen.nll_lr == min(nll, key=nll.__getitem__)
+    protocol = Protocol(ev, params.meta.k_shot, "t")
+    sampling_lr = next(lr for lr in lrs if lr != chosen.nll_lr)
+    both = pretrain.with_settings(sampling_lr, 1.0).with_nll_lr(chosen.nll_lr)
+    [[mixed], [at_nll], [at_sampling]] = run_generators(
+        [both, pretrain.with_settings(chosen.nll_lr, 1.0), pretrain.with_settings(sampling_lr, 1.0)],
+        test, feats, extractor, protocol, [ev.seed], ("support",), score_aug=False)
+    assert mixed.nll == at_nll.nll != at_sampling.nll
+    assert all(torch.equal(a, b) for a, b in zip(mixed.samples[("support", 1.0)],
+                                                 at_sampling.samples[("support", 1.0)], strict=True))
+    row = evaluate_generators([both], test, feats, extractor, protocol)[0].rows[0]
+    assert (row["adapt_lr"], row["nll_lr"]) == (sampling_lr, chosen.nll_lr)
+    off = make_params(*TINY).eval
+    [(plain_choice, plain_table)] = choose_settings([pretrain], val, val_feats, extractor,
+                                                    Protocol(off, params.meta.k_shot, "v"), lrs, "support", 1.0)
+    assert plain_choice.nll_lr is None and {c["nll"] for c in plain_table} == {None}
+
+
 def test_a_temperature_must_be_positive() -> None:
     with pytest.raises(ParamsError, match=r"eval.temperatures: expected sampling temperatures > 0, got \[1.0, 0\]"):
         make_params("eval.temperatures=[1.0, 0]")
