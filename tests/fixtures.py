@@ -26,7 +26,7 @@ TINY = [  # on scikit-learn's digits (10 classes, 1,797 8x8 images): the fastest
     "train.report_every=3", "train.checkpoint_every=3", "train.val_tasks=2", "train.pretrain_steps=10",
     "eval.repeats=1", "eval.samples_per_class=16", "eval.kid_subsets=3", "eval.kid_subset_size=16",
     "eval.augment_steps=10", "eval.finetune_lrs=[0.0, 0.001]", "eval.finetune_steps=2", "eval.scratch_steps=3",
-    "eval.feature_steps=30", "eval.adapt_steps=2", "eval.min_extractor_accuracy=0", "eval.nll_samples=4",
+    "eval.feature_steps=30", "eval.adapt_steps=2", "eval.min_extractor_accuracy=0", "eval.nll_samples=4", "eval.nll_choice_samples=4",
     "eval.bootstrap_samples=200",
 ]
 

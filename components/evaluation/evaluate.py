@@ -295,8 +295,8 @@ def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, 
                   cfg: VAEConfig, choice: bool = False) -> str:
     """The baselines' scores depend on the data, the protocol, the extractor, the baselines' own
     settings and their VAE, never on the meta-model: a digest of exactly those (``choice``: of what
-    their settings choice depends on, so that a change of the NLL estimator or of the number of
-    repeats rescores them without choosing again)."""
+    their settings choice depends on, so that more importance samples for the table's NLL or
+    another number of repeats rescores them without choosing again)."""
     ev, splits = params.eval, manifest["splits"]
     blob = {
         "version": CHOICE_CACHE_VERSION if choice else BASELINES_CACHE_VERSION, "data": {k: splits[k]["sha256"] for k in ("train", "val", "test")},

@@ -28,7 +28,7 @@ def test_celeba_rgb_pipeline(tmp_path: Path) -> None:
         "meta.k_query=5", "meta.rotate_classes=false",
         "meta.meta_batch_size=2", "train.steps=4", "train.val_every=2", "train.val_tasks=2", "eval.repeats=1",
         "eval.samples_per_class=8", "eval.kid_subset_size=8", "eval.kid_subsets=2", "eval.augment_steps=5",
-        "eval.feature_steps=20", "eval.adapt_steps=1", "eval.min_extractor_accuracy=0", "eval.nll_samples=4",
+        "eval.feature_steps=20", "eval.adapt_steps=1", "eval.min_extractor_accuracy=0", "eval.nll_samples=4", "eval.nll_choice_samples=4",
         "eval.finetune_lrs=[0.0, 0.001]", "eval.lr_choice_classes=2",  # Inception: ~0.13 s an image here
     )
     materialize_source(params.data, tmp_path / "raw")

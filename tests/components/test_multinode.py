@@ -63,7 +63,7 @@ def test_evaluation_spread_over_both_nodes_equals_in_process(ray_cluster: object
 
     params = make_params("model.width=8", "eval.samples_per_class=12", "eval.kid_subsets=3", "eval.kid_subset_size=16",
                          "eval.augment_steps=5", "eval.feature_steps=20", "eval.adapt_steps=2",
-                         "eval.min_extractor_accuracy=0", "eval.nll_samples=4", "eval.nll_max_images=4")
+                         "eval.min_extractor_accuracy=0", "eval.nll_samples=4", "eval.nll_choice_samples=4", "eval.nll_max_images=4")
     test = load_split(digits_prepared, "test")
     learner = build_learner(params.meta, vae_config(params.model, test), seed=0)
     build_domain_features(params, digits_prepared, tmp_path / "features")

@@ -26,7 +26,7 @@ TINY = [
     "model.width=8", "eval.repeats=2", "eval.samples_per_class=16", "eval.kid_subsets=3", "eval.kid_subset_size=16",
     "eval.augment_steps=10", "eval.finetune_lrs=[0.0, 0.001]", "eval.finetune_steps=2", "eval.scratch_steps=3",
     "train.pretrain_steps=5", "eval.feature_steps=20", "eval.adapt_steps=2", "eval.min_extractor_accuracy=0",
-    "eval.nll_samples=4",
+    "eval.nll_samples=4", "eval.nll_choice_samples=4",
 ]
 
 
@@ -198,7 +198,7 @@ def test_each_model_s_likelihood_is_measured_at_the_lr_that_gives_it_the_best_on
     val = load_split(digits_prepared, "val")
     val_feats = extractor.features(torch.from_numpy(val.images))
     lrs = [0.0, 0.01, 0.1]
-    ev = make_params(*TINY, "eval.nll_choice_images=3", "eval.nll_choice_samples=4").eval
+    ev = make_params(*TINY, "eval.nll_choice_images=3").eval
     [(chosen, table)] = choose_settings([pretrain], val, val_feats, extractor, Protocol(ev, params.meta.k_shot, "v"),
                                         lrs, "support", max_copy_rate=1.0)
     nll = {c["lr"]: c["nll"] for c in table}
@@ -215,7 +215,7 @@ def test_each_model_s_likelihood_is_measured_at_the_lr_that_gives_it_the_best_on
                                                  at_sampling.samples[("support", 1.0)], strict=True))
     row = evaluate_generators([both], test, feats, extractor, protocol)[0].rows[0]
     assert (row["adapt_lr"], row["nll_lr"]) == (sampling_lr, chosen.nll_lr)
-    off = make_params(*TINY).eval
+    off = make_params(*TINY, "eval.nll_choice_images=0").eval
     [(plain_choice, plain_table)] = choose_settings([pretrain], val, val_feats, extractor,
                                                     Protocol(off, params.meta.k_shot, "v"), lrs, "support", 1.0)
     assert plain_choice.nll_lr is None and {c["nll"] for c in plain_table} == {None}
@@ -230,10 +230,10 @@ def test_a_temperature_must_be_positive() -> None:
 
 def test_the_baselines_settings_choice_is_cached_apart_from_what_it_does_not_read(
         tmp_path: Path, digits_prepared: Path) -> None:
-    """The choice (one seed, FID and copy rate on meta-val) is the references' costly part: a new
-    NLL estimator, another number of repeats or a subset of the meta-test classes
-    (``eval.max_classes``) rescores them with the choice already made; an unreadable choice is made
-    again."""
+    """The choice (one seed, FID, copy rate and NLL on meta-val) is the references' costly part:
+    more importance samples or held-out images for the table's NLL, another number of repeats or a
+    subset of the meta-test classes (``eval.max_classes``) rescores them with the choice already
+    made; an unreadable choice is made again."""
     from components.evaluation.evaluate import _cached_choice, baseline_scores
 
     params = make_params(*TINY)
@@ -245,7 +245,7 @@ def test_the_baselines_settings_choice_is_cached_apart_from_what_it_does_not_rea
     assert made == json.loads(json.dumps(first.selection))
     other_lr = next(lr for lr in (0.0, 0.001) if lr != made["pretrain"]["lr"])
     choice.write_text(json.dumps({**made, "pretrain": {**made["pretrain"], "lr": other_lr}}))  # as if chosen so
-    again = baseline_scores(make_params(*TINY, "eval.nll_samples=6", "eval.nll_proposal_scales=[1.0]",
+    again = baseline_scores(make_params(*TINY, "eval.nll_samples=6", "eval.nll_max_images=3",
                                         "eval.repeats=1", "eval.max_classes=1"), digits_prepared, tmp_path / "features", cache)
     assert list(cache.glob("baselines-choice-*.json")) == [choice]
     assert {r["adapt_lr"] for r in again.rows if r["model"] == "pretrain"} == {other_lr}
