@@ -82,6 +82,7 @@ class ModelParams(_Section):
     support_attention: bool  # the set-VAE's decoder attends over the supports' feature maps
     binarize: bool  # binary pixels, drawn with each grey level's probability: anew in training, once for evaluation
     arch: Literal["conv", "ladder"]  # conv: one latent vector an image; ladder: two levels of spatial latents, the context at every scale
+    set_pool: Literal["mean", "mean_max"]  # the ladder's pooling of the supports' maps: their mean, or their mean and maximum
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
@@ -89,6 +90,8 @@ class ModelParams(_Section):
             raise ValueError("model.binarize needs model.likelihood bernoulli (the likelihood of binary pixels)")
         if self.arch == "ladder" and self.support_attention:
             raise ValueError("model.support_attention is for model.arch conv (the ladder reads the supports at every scale)")
+        if self.set_pool != "mean" and self.arch != "ladder":
+            raise ValueError(f"model.set_pool {self.set_pool!r} is for model.arch ladder (conv pools the supports by their mean)")
         return self
 
 

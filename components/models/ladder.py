@@ -4,11 +4,12 @@ Two levels of spatial latent variables, top-down as in the ladder VAE (Sønderby
 NVAE: ``z2`` on the coarse grid (image / 4), ``z1`` on the fine grid (image / 2), with
 ``p(z2 | c) p(z1 | z2, c) p(x | z1, z2, c)`` and ``q(z2 | x, c) q(z1 | x, z2, c)``. The class
 context ``c`` is a set of maps at every scale, read from the K supports permutation-invariantly
-(the mean of their encoder maps at each scale, then a residual block; at full resolution the mean
-support image itself): the convolutional context of the convolutional Neural Statistician and
-of SCHA-VAE (Giannone & Winther 2022), here deterministic (no set-level latent variable). Every
-prior and posterior and the decoder read the context at their own scale, so what the supports
-share is where each level's latents are predicted.
+(the mean of their encoder maps at each scale, or with ``set_pool: mean_max`` their mean and
+maximum side by side, then a residual block; at full resolution the mean support image itself):
+the convolutional context of the convolutional Neural Statistician and of SCHA-VAE (Giannone &
+Winther 2022), here deterministic (no set-level latent variable). Every prior and posterior and
+the decoder read the context at their own scale, so what the supports share is where each level's
+latents are predicted.
 
 The interface is :class:`components.models.vae.ConvVAE`'s: ``forward(x, eps, part=...)`` is a pure
 function of the parameter dict (``functional_call``), the reparameterisation noise is one flat
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from components.models.vae import LOGVAR_RANGE, VAEBase, VAEConfig, _log_normal, _norm
 
+POOLS = ("mean", "mean_max")  # set_pool: how the supports' maps are pooled (each adds its maps' channels)
 Level = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # z, q mean, q log-variance, p mean, p log-variance
 
 
@@ -68,9 +70,12 @@ class LadderVAE(VAEBase):
         self.stem = nn.Conv2d(ch, w, 4, 2, 1) if stem else nn.Identity()
         self.enc1 = nn.Sequential(nn.Conv2d(w if stem else ch, w, 4, 2, 1), _Block(w, w, g))
         self.enc2 = nn.Sequential(_Block(w, 2 * w, g), nn.Conv2d(2 * w, 2 * w, 4, 2, 1))
+        if cfg.set_pool not in POOLS:
+            raise ValueError(f"set_pool must be one of {POOLS}, got {cfg.set_pool!r}")
         if cc:
-            self.set1 = _Block(w, cc, g)
-            self.set2 = _Block(2 * w, cc, g)
+            pools = POOLS.index(cfg.set_pool) + 1  # the pooled maps side by side: mean (, max)
+            self.set1 = _Block(pools * w, cc, g)
+            self.set2 = _Block(pools * 2 * w, cc, g)
             self.prior2 = _Block(cc, 2 * zc, g)
         self.post2 = _Block(2 * w + cc, 2 * zc, g)
         self.dec2 = _Block(zc + cc, 2 * w, g)
@@ -122,7 +127,12 @@ class LadderVAE(VAEBase):
         def pooled(m: Tensor) -> Tensor:
             return m.view(-1, k, *m.shape[1:]).mean(1)
 
-        parts = [pooled(flat), self.set1(pooled(h1)), self.set2(pooled(h2))]
+        def pooled_maps(m: Tensor) -> Tensor:
+            if self.cfg.set_pool == "mean":
+                return pooled(m)
+            return torch.cat([pooled(m), m.view(-1, k, *m.shape[1:]).amax(1)], dim=1)
+
+        parts = [pooled(flat), self.set1(pooled_maps(h1)), self.set2(pooled_maps(h2))]
         return torch.cat([p.flatten(1) for p in parts], dim=1).view(*lead, -1)
 
     def _context_maps(self, context: Tensor | None, n: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:

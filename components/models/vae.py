@@ -53,11 +53,13 @@ class VAEConfig:
     kl_weight: float = 1.0  # beta of the training/adaptation objective; the IWAE NLL never uses it
     support_attention: bool = False  # the decoder attends over the supports' feature maps (needs context_dim > 0)
     arch: str = "conv"  # one of ARCHS
+    set_pool: str = "mean"  # the ladder's pooling of the supports' maps: "mean" | "mean_max"
 
     @classmethod
     def from_params(cls, model: ModelParams, channels: int, image_size: int) -> VAEConfig:
         return cls(channels, image_size, model.latent_dim, model.width, model.likelihood, model.groupnorm_groups,
-                   model.context_dim, model.kl_weight, model.support_attention, model.arch)
+                   model.context_dim, model.kl_weight, model.support_attention, model.arch,
+                   model.set_pool)
 
 
 def _norm(groups: int, ch: int) -> nn.Module:

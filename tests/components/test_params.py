@@ -57,6 +57,18 @@ def test_k_shot_plus_query_over_min_images(tmp_path: Path) -> None:
         load_params(write(tmp_path, raw))
 
 
+def test_set_pool_is_for_the_ladder(tmp_path: Path) -> None:
+    raw = base_raw()
+    raw["model"]["set_pool"] = "mean_max"  # with arch conv
+    with pytest.raises(ParamsError, match=r"model: model\.set_pool 'mean_max' is for model\.arch ladder"):
+        load_params(write(tmp_path, raw))
+    raw["model"]["set_pool"] = "sum"
+    with pytest.raises(ParamsError, match=r"model\.set_pool: .*'mean'.*'mean_max'.*got 'sum'"):
+        load_params(write(tmp_path, raw))
+    raw["model"].update(set_pool="mean_max", arch="ladder")
+    assert load_params(write(tmp_path, raw)).model.set_pool == "mean_max"
+
+
 def test_set_override_revalidates() -> None:
     assert make_params("meta.inner_lr=0.01").meta.inner_lr == 0.01
     with pytest.raises(ParamsError, match=r"meta\.inner_lr"):

@@ -20,8 +20,8 @@ from components.models.vae import CONTEXT, VAEConfig, build_vae, iwae_nll, neg_e
 from tests.components.meta.reference_loop import meta_gradients_loop
 
 
-def _model(context: int = 4, likelihood: str = "bernoulli", size: int = 28):  # noqa: ANN202
-    cfg = VAEConfig(1, size, 2, 4, likelihood, 2, context, arch="ladder")
+def _model(context: int = 4, likelihood: str = "bernoulli", size: int = 28, pool: str = "mean"):  # noqa: ANN202
+    cfg = VAEConfig(1, size, 2, 4, likelihood, 2, context, arch="ladder", set_pool=pool)
     model = build_vae(cfg, seed=0).double()
     return model, param_dict(model)
 
@@ -39,6 +39,9 @@ def test_sizes_and_the_unconditional_ladder() -> None:
     model, params = _model()
     assert model.noise_dim == 2 * (7 * 7 + 14 * 14)  # latent channels x both grids
     assert model.context_size == 28 * 28 + 4 * (14 * 14 + 7 * 7)  # mean support image + both scales' maps
+    pooled, _ = _model(pool="mean_max")  # the maximum's maps beside the mean's: twice the set blocks' inputs
+    assert pooled.set1.conv1.in_channels == 2 * 4 and pooled.set2.conv1.in_channels == 2 * 8
+    assert pooled.context_size == model.context_size
     big, _ = _model(size=64)
     assert big.noise_dim == 2 * (8 * 8 + 16 * 16)
     plain, plain_params = _model(context=0)
@@ -49,8 +52,9 @@ def test_sizes_and_the_unconditional_ladder() -> None:
         neg_elbo(model, params, x, torch.zeros(2, model.noise_dim, dtype=torch.float64))
 
 
-def test_context_is_permutation_invariant_and_reads_the_supports() -> None:
-    model, params = _model()
+@pytest.mark.parametrize("pool", ["mean", "mean_max"])
+def test_context_is_permutation_invariant_and_reads_the_supports(pool: str) -> None:
+    model, params = _model(pool=pool)
     batch = _batch(model, k=3)
     support, x, eps = batch.support[0], batch.query[0], batch.eps_query[0]
     a = with_context(model, params, support)
@@ -65,9 +69,10 @@ def test_context_is_permutation_invariant_and_reads_the_supports() -> None:
     assert torch.allclose(both[1], other[CONTEXT], atol=1e-12)
 
 
-@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd"])
-def test_batched_context_step_equals_loop(algo: str) -> None:
-    model, params = _model()
+@pytest.mark.parametrize(("algo", "pool"), [("maml", "mean"), ("fomaml", "mean"), ("metasgd", "mean"),
+                                           ("maml", "mean_max")])
+def test_batched_context_step_equals_loop(algo: str, pool: str) -> None:
+    model, params = _model(pool=pool)
     keys = adapt_keys(model, "context")
     cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
     lrs = {CONTEXT: torch.full(key_shape(model, CONTEXT), 0.3, dtype=torch.float64)} if algo == "metasgd" else None
@@ -91,8 +96,9 @@ def test_all_weights_vmap_equals_loop(algo: str) -> None:
     assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-6
 
 
-def test_second_order_context_maml_matches_finite_differences() -> None:
-    model, params = _model()
+@pytest.mark.parametrize("pool", ["mean", "mean_max"])
+def test_second_order_context_maml_matches_finite_differences(pool: str) -> None:
+    model, params = _model(pool=pool)
     cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "context"))
     b = _batch(model)
     _, g = meta_gradients_loop(model, params, None, b, cfg)
