@@ -48,6 +48,7 @@ class SplitParams(_Section):
 
 
 EMBEDDED_SOURCES = ("omniglot", "digits")  # shipped with metagen: no data.path
+SET_FINETUNES = ("joint", "leave_one_out")  # eval.set_finetune: a support scored under all K supports' context, or the other K - 1's
 
 
 class DataParams(_Section):
@@ -83,6 +84,7 @@ class ModelParams(_Section):
     binarize: bool  # binary pixels, drawn with each grey level's probability: anew in training, once for evaluation
     arch: Literal["conv", "ladder"]  # conv: one latent vector an image; ladder: two levels of spatial latents, the context at every scale
     set_pool: Literal["mean", "mean_max"]  # the ladder's pooling of the supports' maps: their mean, or their mean and maximum
+    context_warp: bool  # the ladder: an affine latent of each image warps the class context onto it before it is read
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
@@ -92,6 +94,8 @@ class ModelParams(_Section):
             raise ValueError("model.support_attention is for model.arch conv (the ladder reads the supports at every scale)")
         if self.set_pool != "mean" and self.arch != "ladder":
             raise ValueError(f"model.set_pool {self.set_pool!r} is for model.arch ladder (conv pools the supports by their mean)")
+        if self.context_warp and self.arch != "ladder":
+            raise ValueError("model.context_warp is for model.arch ladder (conv's context is a vector, not maps)")
         return self
 
 
@@ -226,6 +230,7 @@ class EvalParams(_Section):
     finetune_lrs: list[float]
     lr_choice_classes: int = Field(ge=1)
     finetune_steps: int = Field(ge=0)
+    set_finetune: Literal[SET_FINETUNES]  # how a set-conditioned meta-model fine-tunes on its K supports
     scratch_steps: int = Field(ge=0)
     augment_steps: int = Field(ge=1)
     pretrain_lr: float = Field(gt=0)

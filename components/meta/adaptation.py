@@ -4,7 +4,11 @@ Adapting is the inner loop the model was meta-trained with (gradient steps on th
 or on the weights of ``scope``, from the set encoder's context), optionally followed by the Adam
 fine-tuning the ``pretrain`` baseline gets (``finetune_steps`` at ``finetune_lr``, every weight and
 the context; the lr chosen on meta-val like the baselines'), so that the meta-learned model can
-sharpen on the supports as much as a fine-tuned baseline may, under the same copy rule.
+sharpen on the supports as much as a fine-tuned baseline may, under the same copy rule. A
+set-conditioned model can fine-tune ``joint`` (each support's ELBO under the context of all K,
+itself among them) or ``leave_one_out`` (each support's under the context of the other K - 1, as
+meta-training scores a query under its supports' context; then the context of all K under the
+tuned weights, before any context steps): ``eval.set_finetune``.
 
 Built in one place: :meth:`AdaptationRule.for_training` is the inner loop meta-training runs (the
 learner's algorithm and validation derive from it); :meth:`AdaptationRule.from_params` is that
@@ -22,8 +26,9 @@ import torch
 from torch import Tensor
 
 from components.meta.algorithms import adapt, adapt_keys
-from components.models.vae import MEMORY, ConvVAE, Weights, per_pixel_loss, sample, with_context
-from components.params import MetaParams, Params as AllParams
+from components.models.vae import (CONTEXT, MEMORY, TASK_KEYS, ConvVAE, Weights, per_pixel_loss, sample, set_context,
+                                   with_context)
+from components.params import SET_FINETUNES, MetaParams, Params as AllParams
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,11 @@ class AdaptationRule:
     temperature: float
     finetune_steps: int = 0
     finetune_lr: float = 0.0  # 0: no fine-tuning (a rule registered before this field has none)
+    set_finetune: str = "joint"  # joint | leave_one_out (a rule registered before this field fine-tunes joint)
+
+    def __post_init__(self) -> None:
+        if self.set_finetune not in SET_FINETUNES:
+            raise ValueError(f"set_finetune must be one of {SET_FINETUNES}, got {self.set_finetune!r}")
 
     @classmethod
     def for_training(cls, meta: MetaParams) -> AdaptationRule:
@@ -54,7 +64,8 @@ class AdaptationRule:
         trained, ev = cls.for_training(params.meta), params.eval
         return replace(trained, steps=ev.adapt_steps, inner_lr=ev.inner_lr or trained.inner_lr,
                        learned_lrs=trained.learned_lrs and ev.inner_lr is None, sampling=ev.sampling,
-                       temperature=ev.temperatures[0], finetune_steps=ev.finetune_steps)
+                       temperature=ev.temperatures[0], finetune_steps=ev.finetune_steps,
+                       set_finetune=ev.set_finetune)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdaptationRule:
@@ -68,8 +79,13 @@ class AdaptationRule:
         """Adapt a copy of ``params`` (plus the set encoder's context) on ``support``; no graph kept."""
         lr: float | Weights = lrs if (self.learned_lrs and lrs is not None) else self.inner_lr
         eps = torch.randn(max(self.steps, 1), support.shape[0], model.noise_dim, generator=generator)
+        held_out = self.set_finetune == "leave_one_out" and model.conditional
+        if held_out:  # the weights first, then the context of all K under them
+            params = finetune_leave_one_out(model, params, support, self.finetune_steps, self.finetune_lr, generator)
         start = with_context(model, params, support)
         fast = adapt(model, start, support, self.steps, lr, eps.to(support), adapt_keys(model, self.scope))
+        if held_out:
+            return fast
         return finetune(model, fast, support, self.finetune_steps, self.finetune_lr, generator)
 
     def generate(self, model: ConvVAE, params: Weights, lrs: Weights | None, support: Tensor, n: int,
@@ -100,3 +116,40 @@ def finetune(
             loss.backward()
             opt.step()
     return {k: v.detach() for k, v in leaves.items()}
+
+
+def leave_one_out_loss(model: ConvVAE, weights: Weights, support: Tensor, eps: Tensor) -> Tensor:
+    """Mean per-pixel negative ELBO of each of the K supports under the set encoder's context of the
+    other K - 1 (one batched pass: the K contexts at once); ``weights`` without a context."""
+    k = support.shape[0]
+    others = torch.stack([torch.cat([torch.arange(i), torch.arange(i + 1, k)]) for i in range(k)])  # (K, K-1)
+    context = set_context(model, weights, support[others])  # (K, d): support i's, read from the others
+    return per_pixel_loss(model, {**weights, CONTEXT: context}, support, eps)
+
+
+def finetune_leave_one_out(
+    model: ConvVAE, params: Weights, support: Tensor, steps: int, lr: float, generator: torch.Generator,
+    fused: bool = True,
+) -> Weights:
+    """Adam on :func:`leave_one_out_loss` (the set encoder, the trunk and the decoder all tuned; a
+    support is never in its own context, as a query is not in meta-training), ``steps`` at ``lr``;
+    0 of either is a no-op. Returns the network's weights without a context
+    (:func:`~components.models.vae.with_context` adds the K supports')."""
+    k = support.shape[0]
+    if model.attends:
+        raise ValueError("eval.set_finetune leave_one_out needs a model without model.support_attention")
+    if k < 2:
+        raise ValueError(f"eval.set_finetune leave_one_out needs at least 2 supports (meta.k_shot), got {k}")
+    weights = {key: v.detach().clone() for key, v in params.items() if key not in TASK_KEYS}
+    if steps == 0 or lr == 0:
+        return weights
+    leaves = {key: v.requires_grad_(True) for key, v in weights.items()}
+    opt = torch.optim.Adam(list(leaves.values()), lr=lr, fused=fused)
+    with torch.enable_grad():
+        for _ in range(steps):
+            eps = torch.randn(k, model.noise_dim, generator=generator, dtype=support.dtype)
+            loss = leave_one_out_loss(model, leaves, support, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return {key: v.detach() for key, v in leaves.items()}

@@ -9,7 +9,11 @@ maximum side by side, then a residual block; at full resolution the mean support
 the convolutional context of the convolutional Neural Statistician and of SCHA-VAE (Giannone &
 Winther 2022), here deterministic (no set-level latent variable). Every prior and posterior and
 the decoder read the context at their own scale, so what the supports share is where each level's
-latents are predicted.
+latents are predicted. With ``context_warp``, each image has a third latent above both levels: 6
+numbers ``w`` (prior N(0, I), posterior from the image's and the context's coarse maps) whose
+affine map ``I + 0.1 w`` resamples every context map before anything reads it, so a character
+drawn shifted, scaled or slanted reads the supports' maps moved onto it (spatial-transformer
+reading of the context, as in Rezende et al. 2016's one-shot generalisation).
 
 The interface is :class:`components.models.vae.ConvVAE`'s: ``forward(x, eps, part=...)`` is a pure
 function of the parameter dict (``functional_call``), the reparameterisation noise is one flat
@@ -28,6 +32,9 @@ from torch import Tensor, nn
 from components.models.vae import LOGVAR_RANGE, VAEBase, VAEConfig, _log_normal, _norm
 
 POOLS = ("mean", "mean_max")  # set_pool: how the supports' maps are pooled (each adds its maps' channels)
+WARP = 6  # context_warp: the affine latent's size (a 2 x 3 matrix)
+WARP_SCALE = 0.1  # its prior's standard deviation in the matrix (0.1: 1.4 pixels of shift at 28 px)
+WARP_CHANNELS = 8  # the coarse maps' channels its posterior reads (flattened, so it sees where the strokes are)
 Level = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # z, q mean, q log-variance, p mean, p log-variance
 
 
@@ -86,6 +93,12 @@ class LadderVAE(VAEBase):
         self.up1 = nn.Sequential(nn.ConvTranspose2d(w, w, 4, 2, 1), *([nn.SiLU(), nn.ConvTranspose2d(w, w, 4, 2, 1)]
                                                                       if stem else []))
         self.out = nn.Conv2d(w + (ch if cc else 0), ch, 3, 1, 1)  # + the supports' mean image
+        self.warps = bool(cfg.context_warp and cc)  # without a context there is nothing to warp
+        if self.warps:  # q(w | x, c): from the image's and the context's coarse maps; zero-initialised: q = p at first
+            self.post_w = nn.Sequential(nn.Conv2d(2 * w + cc, WARP_CHANNELS, 1), nn.SiLU(), nn.Flatten(),
+                                        nn.Linear(WARP_CHANNELS * self.coarse**2, 2 * WARP))
+            nn.init.zeros_(self.post_w[-1].weight)
+            nn.init.zeros_(self.post_w[-1].bias)
         if cfg.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.full((ch,), -2.0))
 
@@ -96,8 +109,8 @@ class LadderVAE(VAEBase):
 
     @property
     def noise_dim(self) -> int:
-        """Reparameterisation noise an image: both levels' latents, flat."""
-        return self.cfg.latent_dim * (self.coarse**2 + self.fine**2)
+        """Reparameterisation noise an image: the warp's latent (``context_warp``), then both levels', flat."""
+        return (WARP if self.warps else 0) + self.cfg.latent_dim * (self.coarse**2 + self.fine**2)
 
     @property
     def context_size(self) -> int:
@@ -146,11 +159,22 @@ class LadderVAE(VAEBase):
         return (c[:, :a].reshape(n, ch, size, size), c[:, a:b].reshape(n, cc, self.fine, self.fine),
                 c[:, b:].reshape(n, cc, self.coarse, self.coarse))
 
-    def _split_noise(self, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """The coarse level's noise, then the fine level's."""
-        n, zc, top = noise.shape[0], self.cfg.latent_dim, self.cfg.latent_dim * self.coarse**2
-        return (noise[:, :top].reshape(n, zc, self.coarse, self.coarse),
-                noise[:, top:].reshape(n, zc, self.fine, self.fine))
+    def _split_noise(self, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The warp's noise (``(n, 0)`` without it), the coarse level's, then the fine level's."""
+        n, zc = noise.shape[0], self.cfg.latent_dim
+        a = WARP if self.warps else 0
+        b = a + zc * self.coarse**2
+        return (noise[:, :a], noise[:, a:b].reshape(n, zc, self.coarse, self.coarse),
+                noise[:, b:].reshape(n, zc, self.fine, self.fine))
+
+    @staticmethod
+    def _warp(maps: tuple[Tensor, Tensor, Tensor], w: Tensor) -> tuple[Tensor, ...]:
+        """Each context map resampled (bilinear, edges extended) through the affine map
+        ``I + WARP_SCALE * w`` of each image's ``w`` ``(n, 6)``, in the maps' own [-1, 1] frame."""
+        eye = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=w.dtype, device=w.device)
+        theta = (eye + WARP_SCALE * w).view(-1, 2, 3).to(maps[0].dtype)
+        return tuple(F.grid_sample(m, F.affine_grid(theta, list(m.shape), align_corners=False),
+                                   padding_mode="border", align_corners=False) for m in maps)
 
     @staticmethod
     def _gaussian(h: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,7 +193,15 @@ class LadderVAE(VAEBase):
         or, without them, its prior, its noise times ``scale``; the decoder's output and each
         level's (z, q, p)."""
         c0, c1, c2 = ctx
-        e2, e1 = self._split_noise(noise)
+        ew, e2, e1 = self._split_noise(noise)
+        warp: list[Level] = []
+        if self.warps:  # the image's affine latent first: the context moved onto the image, then read
+            pw = (torch.zeros_like(ew), torch.zeros_like(ew))
+            qw = self._gaussian(self.post_w(torch.cat([posterior[1], c2], dim=1))) if posterior is not None else pw
+            w_scale = scale.view(-1, 1) if isinstance(scale, Tensor) else scale
+            w = qw[0] + w_scale * ew * (0.5 * qw[1]).exp()
+            c0, c1, c2 = self._warp((c0, c1, c2), w)
+            warp = [(w, *qw, *pw)]
         p2 = self._prior2(c2, e2)
         q2 = self._gaussian(self.post2(_cat(posterior[1], c2))) if posterior is not None else p2
         z2 = q2[0] + scale * e2 * (0.5 * q2[1]).exp()
@@ -178,7 +210,7 @@ class LadderVAE(VAEBase):
         q1 = self._gaussian(self.post1(_cat(posterior[0], d, c1))) if posterior is not None else p1
         z1 = q1[0] + scale * e1 * (0.5 * q1[1]).exp()
         out = self.out(_cat(F.silu(self.up1(self.dec1(_cat(d, z1, c1)))), c0))
-        return out, [(z2, *q2, *p2), (z1, *q1, *p1)]
+        return out, [*warp, (z2, *q2, *p2), (z1, *q1, *p1)]
 
     # --- the pure functions (``forward(part=...)`` runs them, as ConvVAE's) -----------------
     def elbo(self, x: Tensor, eps: Tensor, context: Tensor | None = None, features: Tensor | None = None) -> Tensor:

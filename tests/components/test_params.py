@@ -69,6 +69,18 @@ def test_set_pool_is_for_the_ladder(tmp_path: Path) -> None:
     assert load_params(write(tmp_path, raw)).model.set_pool == "mean_max"
 
 
+def test_context_warp_is_for_the_ladder_and_set_finetune_names_its_modes(tmp_path: Path) -> None:
+    raw = base_raw()
+    raw["model"]["context_warp"] = True  # with arch conv
+    with pytest.raises(ParamsError, match=r"model: model\.context_warp is for model\.arch ladder"):
+        load_params(write(tmp_path, raw))
+    raw["model"]["arch"] = "ladder"
+    assert load_params(write(tmp_path, raw)).model.context_warp
+    raw["eval"]["set_finetune"] = "loo"
+    with pytest.raises(ParamsError, match=r"eval\.set_finetune: .*'joint'.*'leave_one_out'.*got 'loo'"):
+        load_params(write(tmp_path, raw))
+
+
 def test_set_override_revalidates() -> None:
     assert make_params("meta.inner_lr=0.01").meta.inner_lr == 0.01
     with pytest.raises(ParamsError, match=r"meta\.inner_lr"):

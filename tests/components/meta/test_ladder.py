@@ -20,8 +20,9 @@ from components.models.vae import CONTEXT, VAEConfig, build_vae, iwae_nll, neg_e
 from tests.components.meta.reference_loop import meta_gradients_loop
 
 
-def _model(context: int = 4, likelihood: str = "bernoulli", size: int = 28, pool: str = "mean"):  # noqa: ANN202
-    cfg = VAEConfig(1, size, 2, 4, likelihood, 2, context, arch="ladder", set_pool=pool)
+def _model(context: int = 4, likelihood: str = "bernoulli", size: int = 28, pool: str = "mean",  # noqa: ANN202
+           warp: bool = False):
+    cfg = VAEConfig(1, size, 2, 4, likelihood, 2, context, arch="ladder", set_pool=pool, context_warp=warp)
     model = build_vae(cfg, seed=0).double()
     return model, param_dict(model)
 
@@ -52,9 +53,12 @@ def test_sizes_and_the_unconditional_ladder() -> None:
         neg_elbo(model, params, x, torch.zeros(2, model.noise_dim, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("pool", ["mean", "mean_max"])
-def test_context_is_permutation_invariant_and_reads_the_supports(pool: str) -> None:
-    model, params = _model(pool=pool)
+VARIANTS = [("mean", False), ("mean_max", False), ("mean", True)]  # set_pool, context_warp
+
+
+@pytest.mark.parametrize(("pool", "warp"), VARIANTS)
+def test_context_is_permutation_invariant_and_reads_the_supports(pool: str, warp: bool) -> None:
+    model, params = _model(pool=pool, warp=warp)
     batch = _batch(model, k=3)
     support, x, eps = batch.support[0], batch.query[0], batch.eps_query[0]
     a = with_context(model, params, support)
@@ -69,10 +73,11 @@ def test_context_is_permutation_invariant_and_reads_the_supports(pool: str) -> N
     assert torch.allclose(both[1], other[CONTEXT], atol=1e-12)
 
 
-@pytest.mark.parametrize(("algo", "pool"), [("maml", "mean"), ("fomaml", "mean"), ("metasgd", "mean"),
-                                           ("maml", "mean_max")])
-def test_batched_context_step_equals_loop(algo: str, pool: str) -> None:
-    model, params = _model(pool=pool)
+@pytest.mark.parametrize(("algo", "pool", "warp"), [("maml", "mean", False), ("fomaml", "mean", False),
+                                                   ("metasgd", "mean", False), ("maml", "mean_max", False),
+                                                   ("maml", "mean", True), ("fomaml", "mean", True)])
+def test_batched_context_step_equals_loop(algo: str, pool: str, warp: bool) -> None:
+    model, params = _model(pool=pool, warp=warp)
     keys = adapt_keys(model, "context")
     cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
     lrs = {CONTEXT: torch.full(key_shape(model, CONTEXT), 0.3, dtype=torch.float64)} if algo == "metasgd" else None
@@ -96,9 +101,9 @@ def test_all_weights_vmap_equals_loop(algo: str) -> None:
     assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-6
 
 
-@pytest.mark.parametrize("pool", ["mean", "mean_max"])
-def test_second_order_context_maml_matches_finite_differences(pool: str) -> None:
-    model, params = _model(pool=pool)
+@pytest.mark.parametrize(("pool", "warp"), VARIANTS)
+def test_second_order_context_maml_matches_finite_differences(pool: str, warp: bool) -> None:
+    model, params = _model(pool=pool, warp=warp)
     cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "context"))
     b = _batch(model)
     _, g = meta_gradients_loop(model, params, None, b, cfg)
@@ -115,10 +120,11 @@ def test_second_order_context_maml_matches_finite_differences(pool: str) -> None
     assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-9)
 
 
-def test_iwae_is_a_bound_that_tightens_and_the_widened_proposal_is_one() -> None:
+@pytest.mark.parametrize("warp", [False, True])
+def test_iwae_is_a_bound_that_tightens_and_the_widened_proposal_is_one(warp: bool) -> None:
     """One sample from q is the ELBO's scale; many give a lower (tighter) estimate, with q or with the
     widened mixture; a mixture whose every component has scale 1 is q itself (the same weights)."""
-    model, params = _model()
+    model, params = _model(warp=warp)
     batch = _batch(model)
     start = with_context(model, params, batch.support[0])
     x = batch.query[0]
@@ -136,9 +142,9 @@ def test_iwae_is_a_bound_that_tightens_and_the_widened_proposal_is_one() -> None
     assert torch.allclose(plain, ones, atol=1e-9)
 
 
-@pytest.mark.parametrize("mode", ["prior", "support"])
-def test_samples_are_images_that_depend_on_the_class(mode: str) -> None:
-    model, params = _model()
+@pytest.mark.parametrize(("mode", "warp"), [("prior", False), ("support", False), ("prior", True), ("support", True)])
+def test_samples_are_images_that_depend_on_the_class(mode: str, warp: bool) -> None:
+    model, params = _model(warp=warp)
     batch = _batch(model)
     one = with_context(model, params, batch.support[0])
     two = with_context(model, params, batch.support[1])
