@@ -120,6 +120,24 @@ def test_second_order_context_maml_matches_finite_differences(pool: str, warp: b
     assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-9)
 
 
+def test_the_warp_is_the_identity_at_zero_and_shifts_the_context_maps() -> None:
+    from components.models.ladder import WARP_SCALE, LadderVAE
+
+    maps = tuple(torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                 for c, s in ((1, 28), (4, 14), (4, 7)))
+    same = LadderVAE._warp(maps, torch.zeros(2, 6, dtype=torch.float64))
+    for a, b in zip(same, maps):
+        torch.testing.assert_close(a, b)
+    shift = torch.zeros(2, 6, dtype=torch.float64)
+    shift[:, 2] = 2 * (2 / 28) / WARP_SCALE  # x + 2 pixels of the 28 px map (1 of the 14 px one)
+    moved = LadderVAE._warp(maps, shift)
+    torch.testing.assert_close(moved[0][..., :-2], maps[0][..., 2:])  # output pixel j reads input pixel j + 2
+    torch.testing.assert_close(moved[1][..., :-1], maps[1][..., 1:])
+    model, _ = _model(warp=True)
+    assert model.noise_dim == 6 + 2 * (7 * 7 + 14 * 14)  # the warp's latent first
+    assert _model(context=0, warp=True)[0].noise_dim == 2 * (7 * 7 + 14 * 14)  # nothing to warp without a set
+
+
 @pytest.mark.parametrize("warp", [False, True])
 def test_iwae_is_a_bound_that_tightens_and_the_widened_proposal_is_one(warp: bool) -> None:
     """One sample from q is the ELBO's scale; many give a lower (tighter) estimate, with q or with the
