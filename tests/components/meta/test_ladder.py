@@ -173,15 +173,16 @@ def test_samples_are_images_that_depend_on_the_class(mode: str, warp: bool) -> N
 
 
 def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) -> None:  # noqa: ANN001
-    """The project's path with ``model.arch: ladder``: in-process meta-training (the batched context
-    step), the checkpoint it restores from, and the adaptation rule evaluation and serving use."""
+    """The project's path with ``model.arch: ladder`` (and its context warp, as configs/omniglot.yaml):
+    in-process meta-training (the batched context step), the checkpoint it restores from, and the
+    adaptation rule evaluation and serving use."""
     from components.data.prepare import load_split
     from components.meta.adaptation import AdaptationRule
     from components.meta.trainer import load_learner, train_local
     from tests.conftest import make_params
 
     params = make_params("model.arch=ladder", "model.latent_dim=2", "model.width=8", "model.context_dim=4",
-                         "meta.meta_batch_size=2", "meta.k_query=3", "train.steps=4", "train.val_tasks=2",
+                         "model.context_warp=true", "meta.meta_batch_size=2", "meta.k_query=3", "train.steps=4", "train.val_tasks=2",
                          "train.val_every=2", "train.report_every=2", "train.checkpoint_every=2",
                          "eval.adapt_steps=1", "eval.finetune_lrs=[0.0, 0.001]")
     result = train_local(params, digits_prepared, tmp_path, progress=False)
@@ -200,9 +201,11 @@ def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) 
                                             env=env, check=True).stdout
     done = subprocess.run([sys.executable, str(script), "--checkpoint", str(result.checkpoint), "--prepared",
                            str(digits_prepared), "--steps", "0", "1", "--lrs", "1", "--classes", "2", "--images", "2",
-                           "--samples", "3"], capture_output=True, text=True, env=env, check=True)
+                           "--samples", "3", "--finetune-lrs", "0", "1e-3", "--finetune-steps", "2",
+                           "--set-finetune", "joint", "leave_one_out"], capture_output=True, text=True, env=env, check=True)
     report = json.loads(done.stdout)
-    assert set(report["nll"]) == {"amortised", "1 steps at lr 1"}
+    tuned = [f", fine-tuned 2 steps at lr 0.001 ({mode})" for mode in ("joint", "leave_one_out")]
+    assert set(report["nll"]) == {f"{key}{suffix}" for key in ("amortised", "1 steps at lr 1") for suffix in ["", *tuned]}
     assert all(math.isfinite(v["mean"]) for v in report["nll"].values())
 
 
