@@ -174,6 +174,23 @@ def test_each_configuration_overlay_applies_to_params_yaml(name: str, tmp_path: 
     assert kept and all(line in target.read_text() for line in kept)  # comments kept
 
 
+def test_the_faces_ladder_overlay_applies_on_top_of_the_faces_one(tmp_path: Path) -> None:
+    """configs/faces-ladder.yaml is applied after configs/faces.yaml: it holds only what differs
+    from that, turns the conv model into the ladder, and the data stay the faces benchmark's."""
+    from components.params_file import apply_overlay
+
+    target = tmp_path / "params.yaml"
+    target.write_text((PROJECT / "params.yaml").read_text())
+    apply_overlay(target, PROJECT / "configs" / "faces.yaml")
+    faces = flatten(load_params(target))
+    updates = apply_overlay(target, PROJECT / "configs" / "faces-ladder.yaml")
+    written = flatten(load_params(target))
+    assert updates and all(v != faces[k] for k, v in updates.items())
+    assert written["model.arch"] == "ladder" and written["model.context_warp"] is True
+    assert {k: v for k, v in written.items() if k.startswith("data.")} == {
+        k: v for k, v in faces.items() if k.startswith("data.")}
+
+
 def test_a_bad_overlay_is_refused_and_params_yaml_is_untouched(tmp_path: Path) -> None:
     from components.params_file import apply_overlay
 

@@ -184,7 +184,8 @@ def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) 
     params = make_params("model.arch=ladder", "model.latent_dim=2", "model.width=8", "model.context_dim=4",
                          "model.context_warp=true", "meta.meta_batch_size=2", "meta.k_query=3", "train.steps=4", "train.val_tasks=2",
                          "train.val_every=2", "train.report_every=2", "train.checkpoint_every=2",
-                         "eval.adapt_steps=1", "eval.finetune_lrs=[0.0, 0.001]")
+                         "eval.adapt_steps=1", "eval.finetune_lrs=[0.0, 0.001]", "eval.feature_steps=20",
+                         "eval.min_extractor_accuracy=0", "eval.samples_per_class=8")
     result = train_local(params, digits_prepared, tmp_path, progress=False)
     restored = load_learner(result.checkpoint)
     assert type(restored.learner.model).__name__ == "LadderVAE" and restored.state.step == 4
@@ -207,6 +208,18 @@ def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) 
     tuned = [f", fine-tuned 2 steps at lr 0.001 ({mode})" for mode in ("joint", "leave_one_out")]
     assert set(report["nll"]) == {f"{key}{suffix}" for key in ("amortised", "1 steps at lr 1") for suffix in ["", *tuned]}
     assert all(math.isfinite(v["mean"]) for v in report["nll"].values())
+    # the experiment that scores its meta-val FID and copy rate at each sampling temperature
+    from components.evaluation.evaluate import build_domain_features
+
+    build_domain_features(params, digits_prepared, tmp_path / "features")
+    script = Path(__file__).parents[3] / "experiments" / "sampling_temperature" / "run.py"
+    done = subprocess.run([sys.executable, str(script), "--checkpoint", str(result.checkpoint), "--prepared",
+                           str(digits_prepared), "--features", str(tmp_path / "features"), "--temperatures", "1.0",
+                           "0.5"], capture_output=True, text=True, env=env, check=True)
+    report = json.loads(done.stdout)
+    assert [(c["lr"], c["temperature"]) for c in report["candidates"]] == [(0.0, 1.0), (0.0, 0.5)]
+    assert all(math.isfinite(c["fid"]) and 0 <= c["copy_rate"] <= 1 and 0 <= c["copy_bound"] <= 1 for c in report["candidates"])
+    assert report["chosen"]["temperature"] in (1.0, 0.5) and report["meta_val_classes"] > 0
 
 
 def test_the_set_gain_experiment_trains_both_models_and_scores_meta_val(digits_prepared) -> None:  # noqa: ANN001
