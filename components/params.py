@@ -85,6 +85,7 @@ class ModelParams(_Section):
     arch: Literal["conv", "ladder"]  # conv: one latent vector an image; ladder: two levels of spatial latents, the context at every scale
     set_pool: Literal["mean", "mean_max"]  # the ladder's pooling of the supports' maps: their mean, or their mean and maximum
     context_warp: bool  # the ladder: an affine latent of each image warps the class context onto it before it is read
+    global_latent: int = Field(ge=0)  # the ladder: a latent vector of this size above both grids (0: none)
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
@@ -96,6 +97,8 @@ class ModelParams(_Section):
             raise ValueError(f"model.set_pool {self.set_pool!r} is for model.arch ladder (conv pools the supports by their mean)")
         if self.context_warp and self.arch != "ladder":
             raise ValueError("model.context_warp is for model.arch ladder (conv's context is a vector, not maps)")
+        if self.global_latent and self.arch != "ladder":
+            raise ValueError("model.global_latent is for model.arch ladder (conv's one latent is a vector already)")
         return self
 
 

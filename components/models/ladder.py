@@ -13,7 +13,12 @@ latents are predicted. With ``context_warp``, each image has a third latent abov
 numbers ``w`` (prior N(0, I), posterior from the image's and the context's coarse maps) whose
 affine map ``I + 0.1 w`` resamples every context map before anything reads it, so a character
 drawn shifted, scaled or slanted reads the supports' maps moved onto it (spatial-transformer
-reading of the context, as in Rezende et al. 2016's one-shot generalisation).
+reading of the context, as in Rezende et al. 2016's one-shot generalisation). With
+``global_latent`` > 0, a latent vector ``g`` above the grids (prior from the context's coarse maps,
+or N(0, I) without a set; posterior from the image's and the context's coarse maps) is mapped onto
+the coarse grid, where the coarse level's prior, posterior and decoder read it: the grids' priors
+factorise over positions given what is above them, so without it a prior sample is one texture
+per position, with it one whole image (the top level of NVAE and of SCHA-VAE's hierarchy).
 
 The interface is :class:`components.models.vae.ConvVAE`'s: ``forward(x, eps, part=...)`` is a pure
 function of the parameter dict (``functional_call``), the reparameterisation noise is one flat
@@ -35,6 +40,7 @@ POOLS = ("mean", "mean_max")  # set_pool: how the supports' maps are pooled (eac
 WARP = 6  # context_warp: the affine latent's size (a 2 x 3 matrix)
 WARP_SCALE = 0.1  # its prior's standard deviation in the matrix (0.1: 1.4 pixels of shift at 28 px)
 WARP_CHANNELS = 8  # the coarse maps' channels its posterior reads (flattened, so it sees where the strokes are)
+GLOBAL_CHANNELS = 8  # global_latent: the coarse maps' channels its prior and posterior read, and its own map's
 Level = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # z, q mean, q log-variance, p mean, p log-variance
 
 
@@ -59,7 +65,7 @@ def _cat(*maps: Tensor | None) -> Tensor:
 class LadderVAE(VAEBase):
     # parameter-name prefixes of the parts meta.adapt_scope names (as ConvVAE's; no FiLM layer)
     SET_ENCODER = ("set1.", "set2.")
-    DECODER = ("prior2.", "dec2.", "up2.", "prior1.", "dec1.", "up1.", "out.")
+    DECODER = ("prior_g.", "top.", "prior2.", "dec2.", "up2.", "prior1.", "dec1.", "up1.", "out.")
     HEAD = ("dec2.",)
     FILM: tuple[str, ...] = ()
 
@@ -79,13 +85,23 @@ class LadderVAE(VAEBase):
         self.enc2 = nn.Sequential(_Block(w, 2 * w, g), nn.Conv2d(2 * w, 2 * w, 4, 2, 1))
         if cfg.set_pool not in POOLS:
             raise ValueError(f"set_pool must be one of {POOLS}, got {cfg.set_pool!r}")
+        gd = cfg.global_latent
+        tc = GLOBAL_CHANNELS if gd else 0  # the global latent's map on the coarse grid
         if cc:
             pools = POOLS.index(cfg.set_pool) + 1  # the pooled maps side by side: mean (, max)
             self.set1 = _Block(pools * w, cc, g)
             self.set2 = _Block(pools * 2 * w, cc, g)
-            self.prior2 = _Block(cc, 2 * zc, g)
-        self.post2 = _Block(2 * w + cc, 2 * zc, g)
-        self.dec2 = _Block(zc + cc, 2 * w, g)
+        if cc or gd:
+            self.prior2 = _Block(cc + tc, 2 * zc, g)
+        if gd:  # q(g | x, c), p(g | c) (zero-initialised: N(0, I) at first; N(0, I) always without a set), g's map
+            self.post_g = self._vector_head(2 * w + cc, 2 * gd)
+            if cc:
+                self.prior_g = self._vector_head(cc, 2 * gd)
+                nn.init.zeros_(self.prior_g[-1].weight)
+                nn.init.zeros_(self.prior_g[-1].bias)
+            self.top = nn.Linear(gd, GLOBAL_CHANNELS * self.coarse**2)
+        self.post2 = _Block(2 * w + cc + tc, 2 * zc, g)
+        self.dec2 = _Block(zc + cc + tc, 2 * w, g)
         self.up2 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1)
         self.post1 = _Block(2 * w + cc, 2 * zc, g)
         self.prior1 = _Block(w + cc, 2 * zc, g)
@@ -102,6 +118,12 @@ class LadderVAE(VAEBase):
         if cfg.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.full((ch,), -2.0))
 
+    def _vector_head(self, c_in: int, out: int) -> nn.Sequential:
+        """Coarse maps to a vector: a 1x1 convolution to a few channels, flattened (so it sees where
+        things are), then a linear layer."""
+        return nn.Sequential(nn.Conv2d(c_in, GLOBAL_CHANNELS, 1), nn.SiLU(), nn.Flatten(),
+                             nn.Linear(GLOBAL_CHANNELS * self.coarse**2, out))
+
     # --- sizes -----------------------------------------------------------------------------
     @property
     def attends(self) -> bool:
@@ -109,8 +131,10 @@ class LadderVAE(VAEBase):
 
     @property
     def noise_dim(self) -> int:
-        """Reparameterisation noise an image: the warp's latent (``context_warp``), then both levels', flat."""
-        return (WARP if self.warps else 0) + self.cfg.latent_dim * (self.coarse**2 + self.fine**2)
+        """Reparameterisation noise an image: the warp's latent (``context_warp``), the global one
+        (``global_latent``), then both grids', flat."""
+        return ((WARP if self.warps else 0) + self.cfg.global_latent
+                + self.cfg.latent_dim * (self.coarse**2 + self.fine**2))
 
     @property
     def context_size(self) -> int:
@@ -159,12 +183,14 @@ class LadderVAE(VAEBase):
         return (c[:, :a].reshape(n, ch, size, size), c[:, a:b].reshape(n, cc, self.fine, self.fine),
                 c[:, b:].reshape(n, cc, self.coarse, self.coarse))
 
-    def _split_noise(self, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The warp's noise (``(n, 0)`` without it), the coarse level's, then the fine level's."""
+    def _split_noise(self, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The warp's noise and the global latent's (each ``(n, 0)`` without it), the coarse
+        level's, then the fine level's."""
         n, zc = noise.shape[0], self.cfg.latent_dim
         a = WARP if self.warps else 0
-        b = a + zc * self.coarse**2
-        return (noise[:, :a], noise[:, a:b].reshape(n, zc, self.coarse, self.coarse),
+        t = a + self.cfg.global_latent
+        b = t + zc * self.coarse**2
+        return (noise[:, :a], noise[:, a:t], noise[:, t:b].reshape(n, zc, self.coarse, self.coarse),
                 noise[:, b:].reshape(n, zc, self.fine, self.fine))
 
     @staticmethod
@@ -181,11 +207,11 @@ class LadderVAE(VAEBase):
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
-    def _prior2(self, c2: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
-        if c2 is None:
+    def _prior2(self, c2: Tensor | None, top: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        if c2 is None and top is None:
             zeros = torch.zeros_like(like)
             return zeros, zeros
-        return self._gaussian(self.prior2(c2))
+        return self._gaussian(self.prior2(_cat(c2, top)))
 
     def _path(self, noise: Tensor, ctx: tuple, scale: Tensor | float = 1.0,
               posterior: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, list[Level]]:
@@ -193,24 +219,32 @@ class LadderVAE(VAEBase):
         or, without them, its prior, its noise times ``scale``; the decoder's output and each
         level's (z, q, p)."""
         c0, c1, c2 = ctx
-        ew, e2, e1 = self._split_noise(noise)
-        warp: list[Level] = []
+        ew, eg, e2, e1 = self._split_noise(noise)
+        vec_scale = scale.view(-1, 1) if isinstance(scale, Tensor) else scale
+        above: list[Level] = []  # the latents above the grids: the warp's, the global one
         if self.warps:  # the image's affine latent first: the context moved onto the image, then read
             pw = (torch.zeros_like(ew), torch.zeros_like(ew))
             qw = self._gaussian(self.post_w(torch.cat([posterior[1], c2], dim=1))) if posterior is not None else pw
-            w_scale = scale.view(-1, 1) if isinstance(scale, Tensor) else scale
-            w = qw[0] + w_scale * ew * (0.5 * qw[1]).exp()
+            w = qw[0] + vec_scale * ew * (0.5 * qw[1]).exp()
             c0, c1, c2 = self._warp((c0, c1, c2), w)
-            warp = [(w, *qw, *pw)]
-        p2 = self._prior2(c2, e2)
-        q2 = self._gaussian(self.post2(_cat(posterior[1], c2))) if posterior is not None else p2
+            above.append((w, *qw, *pw))
+        top: Tensor | None = None
+        if self.cfg.global_latent:  # the whole image's latent, then its map on the coarse grid
+            pg = (self._gaussian(self.prior_g(c2)) if c2 is not None
+                  else (torch.zeros_like(eg), torch.zeros_like(eg)))
+            qg = self._gaussian(self.post_g(_cat(posterior[1], c2))) if posterior is not None else pg
+            zg = qg[0] + vec_scale * eg * (0.5 * qg[1]).exp()
+            top = self.top(zg).view(-1, GLOBAL_CHANNELS, self.coarse, self.coarse)
+            above.append((zg, *qg, *pg))
+        p2 = self._prior2(c2, top, e2)
+        q2 = self._gaussian(self.post2(_cat(posterior[1], c2, top))) if posterior is not None else p2
         z2 = q2[0] + scale * e2 * (0.5 * q2[1]).exp()
-        d = self.up2(self.dec2(_cat(z2, c2)))
+        d = self.up2(self.dec2(_cat(z2, c2, top)))
         p1 = self._gaussian(self.prior1(_cat(d, c1)))
         q1 = self._gaussian(self.post1(_cat(posterior[0], d, c1))) if posterior is not None else p1
         z1 = q1[0] + scale * e1 * (0.5 * q1[1]).exp()
         out = self.out(_cat(F.silu(self.up1(self.dec1(_cat(d, z1, c1)))), c0))
-        return out, [*warp, (z2, *q2, *p2), (z1, *q1, *p1)]
+        return out, [*above, (z2, *q2, *p2), (z1, *q1, *p1)]
 
     # --- the pure functions (``forward(part=...)`` runs them, as ConvVAE's) -----------------
     def elbo(self, x: Tensor, eps: Tensor, context: Tensor | None = None, features: Tensor | None = None) -> Tensor:

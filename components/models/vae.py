@@ -55,12 +55,13 @@ class VAEConfig:
     arch: str = "conv"  # one of ARCHS
     set_pool: str = "mean"  # the ladder's pooling of the supports' maps: "mean" | "mean_max"
     context_warp: bool = False  # the ladder: an image's affine latent moves the class context onto it
+    global_latent: int = 0  # the ladder: a latent vector of this size above both grids
 
     @classmethod
     def from_params(cls, model: ModelParams, channels: int, image_size: int) -> VAEConfig:
         return cls(channels, image_size, model.latent_dim, model.width, model.likelihood, model.groupnorm_groups,
                    model.context_dim, model.kl_weight, model.support_attention, model.arch,
-                   model.set_pool, model.context_warp)
+                   model.set_pool, model.context_warp, model.global_latent)
 
 
 def _norm(groups: int, ch: int) -> nn.Module:

@@ -1,4 +1,5 @@
-"""The meta-model's meta-val FID and copy rate at each sampling temperature: the evaluation's own
+"""The meta-model's meta-val FID and copy rate at each sampling temperature (and its NLL at each
+fine-tuning lr, as the evaluation's choice measures it): the evaluation's own
 settings choice (``choose_meta_settings``, the seeded ``eval.lr_choice_classes`` meta-val classes,
 the extractor and copy measure of the checkpoint's params), the meta-model alone, at the given
 temperatures and fine-tuning lrs; the references are not needed. Decide settings here, on
@@ -30,11 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--features", type=Path, default=Path("features"), help="the extractor's folder (eval.features_dir)")
     ap.add_argument("--temperatures", type=float, nargs="+", required=True)
     ap.add_argument("--finetune-lrs", type=float, nargs="+", default=[0.0], help="Adam lrs of the fine-tuning (0: none)")
+    ap.add_argument("--no-nll", action="store_true", help="skip each lr's meta-val NLL (eval.nll_choice_images)")
     args = ap.parse_args(argv)
     restored = load_learner(args.checkpoint)
     params = Params.model_validate(restored.params)
     ev = params.eval.model_copy(update={"temperatures": args.temperatures, "finetune_lrs": args.finetune_lrs,
-                                        "nll_choice_images": 0})
+                                        **({"nll_choice_images": 0} if args.no_nll else {})})
     params = params.model_copy(update={"eval": ev})
     t0 = time.perf_counter()
     with torch_threads(figure_threads(params.train)):  # the evaluation's threads: its figures

@@ -76,6 +76,14 @@ def test_context_warp_is_for_the_ladder_and_set_finetune_names_its_modes(tmp_pat
         load_params(write(tmp_path, raw))
     raw["model"]["arch"] = "ladder"
     assert load_params(write(tmp_path, raw)).model.context_warp
+    raw["model"].update(arch="conv", context_warp=False, global_latent=16)
+    with pytest.raises(ParamsError, match=r"model: model\.global_latent is for model\.arch ladder"):
+        load_params(write(tmp_path, raw))
+    raw["model"]["global_latent"] = -1
+    with pytest.raises(ParamsError, match=r"model\.global_latent"):
+        load_params(write(tmp_path, raw))
+    raw["model"].update(arch="ladder", global_latent=16)
+    assert load_params(write(tmp_path, raw)).model.global_latent == 16
     raw["eval"]["set_finetune"] = "loo"
     with pytest.raises(ParamsError, match=r"eval\.set_finetune: .*'joint'.*'leave_one_out'.*got 'loo'"):
         load_params(write(tmp_path, raw))
@@ -172,23 +180,6 @@ def test_each_configuration_overlay_applies_to_params_yaml(name: str, tmp_path: 
     assert all(v != defaults[k] for k, v in updates.items())  # an overlay holds only what differs
     kept = [line for line in (PROJECT / "params.yaml").read_text().splitlines() if line.lstrip().startswith("#")]
     assert kept and all(line in target.read_text() for line in kept)  # comments kept
-
-
-def test_the_faces_ladder_overlay_applies_on_top_of_the_faces_one(tmp_path: Path) -> None:
-    """configs/faces-ladder.yaml is applied after configs/faces.yaml: it holds only what differs
-    from that, turns the conv model into the ladder, and the data stay the faces benchmark's."""
-    from components.params_file import apply_overlay
-
-    target = tmp_path / "params.yaml"
-    target.write_text((PROJECT / "params.yaml").read_text())
-    apply_overlay(target, PROJECT / "configs" / "faces.yaml")
-    faces = flatten(load_params(target))
-    updates = apply_overlay(target, PROJECT / "configs" / "faces-ladder.yaml")
-    written = flatten(load_params(target))
-    assert updates and all(v != faces[k] for k, v in updates.items())
-    assert written["model.arch"] == "ladder" and written["model.context_warp"] is True
-    assert {k: v for k, v in written.items() if k.startswith("data.")} == {
-        k: v for k, v in faces.items() if k.startswith("data.")}
 
 
 def test_a_bad_overlay_is_refused_and_params_yaml_is_untouched(tmp_path: Path) -> None:

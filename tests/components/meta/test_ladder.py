@@ -21,8 +21,9 @@ from tests.components.meta.reference_loop import meta_gradients_loop
 
 
 def _model(context: int = 4, likelihood: str = "bernoulli", size: int = 28, pool: str = "mean",  # noqa: ANN202
-           warp: bool = False):
-    cfg = VAEConfig(1, size, 2, 4, likelihood, 2, context, arch="ladder", set_pool=pool, context_warp=warp)
+           warp: bool = False, glob: int = 0):
+    cfg = VAEConfig(1, size, 2, 4, likelihood, 2, context, arch="ladder", set_pool=pool, context_warp=warp,
+                    global_latent=glob)
     model = build_vae(cfg, seed=0).double()
     return model, param_dict(model)
 
@@ -53,12 +54,12 @@ def test_sizes_and_the_unconditional_ladder() -> None:
         neg_elbo(model, params, x, torch.zeros(2, model.noise_dim, dtype=torch.float64))
 
 
-VARIANTS = [("mean", False), ("mean_max", False), ("mean", True)]  # set_pool, context_warp
+VARIANTS = [("mean", False, 0), ("mean_max", False, 0), ("mean", True, 0), ("mean", True, 3)]  # set_pool, context_warp, global_latent
 
 
-@pytest.mark.parametrize(("pool", "warp"), VARIANTS)
-def test_context_is_permutation_invariant_and_reads_the_supports(pool: str, warp: bool) -> None:
-    model, params = _model(pool=pool, warp=warp)
+@pytest.mark.parametrize(("pool", "warp", "glob"), VARIANTS)
+def test_context_is_permutation_invariant_and_reads_the_supports(pool: str, warp: bool, glob: int) -> None:
+    model, params = _model(pool=pool, warp=warp, glob=glob)
     batch = _batch(model, k=3)
     support, x, eps = batch.support[0], batch.query[0], batch.eps_query[0]
     a = with_context(model, params, support)
@@ -73,11 +74,11 @@ def test_context_is_permutation_invariant_and_reads_the_supports(pool: str, warp
     assert torch.allclose(both[1], other[CONTEXT], atol=1e-12)
 
 
-@pytest.mark.parametrize(("algo", "pool", "warp"), [("maml", "mean", False), ("fomaml", "mean", False),
-                                                   ("metasgd", "mean", False), ("maml", "mean_max", False),
-                                                   ("maml", "mean", True), ("fomaml", "mean", True)])
-def test_batched_context_step_equals_loop(algo: str, pool: str, warp: bool) -> None:
-    model, params = _model(pool=pool, warp=warp)
+@pytest.mark.parametrize(("algo", "pool", "warp", "glob"), [
+    ("maml", "mean", False, 0), ("fomaml", "mean", False, 0), ("metasgd", "mean", False, 0),
+    ("maml", "mean_max", False, 0), ("maml", "mean", True, 0), ("fomaml", "mean", True, 0), ("maml", "mean", True, 3)])
+def test_batched_context_step_equals_loop(algo: str, pool: str, warp: bool, glob: int) -> None:
+    model, params = _model(pool=pool, warp=warp, glob=glob)
     keys = adapt_keys(model, "context")
     cfg = AlgoConfig(algo, 2, 0.3, keys)  # type: ignore[arg-type]
     lrs = {CONTEXT: torch.full(key_shape(model, CONTEXT), 0.3, dtype=torch.float64)} if algo == "metasgd" else None
@@ -101,9 +102,9 @@ def test_all_weights_vmap_equals_loop(algo: str) -> None:
     assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-6
 
 
-@pytest.mark.parametrize(("pool", "warp"), VARIANTS)
-def test_second_order_context_maml_matches_finite_differences(pool: str, warp: bool) -> None:
-    model, params = _model(pool=pool, warp=warp)
+@pytest.mark.parametrize(("pool", "warp", "glob"), VARIANTS)
+def test_second_order_context_maml_matches_finite_differences(pool: str, warp: bool, glob: int) -> None:
+    model, params = _model(pool=pool, warp=warp, glob=glob)
     cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "context"))
     b = _batch(model)
     _, g = meta_gradients_loop(model, params, None, b, cfg)
@@ -138,11 +139,39 @@ def test_the_warp_is_the_identity_at_zero_and_shifts_the_context_maps() -> None:
     assert _model(context=0, warp=True)[0].noise_dim == 2 * (7 * 7 + 14 * 14)  # nothing to warp without a set
 
 
-@pytest.mark.parametrize("warp", [False, True])
-def test_iwae_is_a_bound_that_tightens_and_the_widened_proposal_is_one(warp: bool) -> None:
+@pytest.mark.parametrize("context", [4, 0])
+def test_the_global_latent_comes_after_the_warp_and_moves_the_whole_sample(context: int) -> None:
+    """``global_latent``: its noise follows the warp's; its prior is N(0, I) without a set (and, zero-
+    initialised, at first with one); a prior sample's global noise alone changes the whole image,
+    and its KL is part of the ELBO."""
+    model, params = _model(context=context, warp=True, glob=3)
+    warp = 6 if context else 0
+    assert model.noise_dim == warp + 3 + 2 * (7 * 7 + 14 * 14)
+    batch = _batch(model)
+    start = with_context(model, params, batch.support[0]) if context else params
+    noise = torch.randn(2, model.noise_dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    moved = noise.clone()
+    moved[:, warp : warp + 3] += 1.0  # the global latent's noise, nothing else
+    ctx = start[CONTEXT] if context else None
+    with torch.no_grad():
+        a, b = model.sample_outputs(noise, context=ctx), model.sample_outputs(moved, context=ctx)
+        changed = (a - b).abs().flatten(1).gt(1e-9).float().mean(1)
+        assert bool((changed > 0.5).all()), changed  # most pixels of each image move
+        if context:  # the set moves the global prior once it is trained; zero-initialised it is N(0, I)
+            assert float(model.prior_g[-1].weight.abs().max()) == 0.0
+        else:
+            assert not hasattr(model, "prior_g")
+        x = batch.query[0]
+        _, levels = model._path(torch.zeros(2, model.noise_dim, dtype=torch.float64),
+                                model._context_maps(ctx, 2), posterior=model._maps(model.encoder(x)))
+        assert len(levels) == (2 if context else 1) + 2 and levels[-3][0].shape == (2, 3)  # warp, global, grids
+
+
+@pytest.mark.parametrize(("warp", "glob"), [(False, 0), (True, 0), (True, 3)])
+def test_iwae_is_a_bound_that_tightens_and_the_widened_proposal_is_one(warp: bool, glob: int) -> None:
     """One sample from q is the ELBO's scale; many give a lower (tighter) estimate, with q or with the
     widened mixture; a mixture whose every component has scale 1 is q itself (the same weights)."""
-    model, params = _model(warp=warp)
+    model, params = _model(warp=warp, glob=glob)
     batch = _batch(model)
     start = with_context(model, params, batch.support[0])
     x = batch.query[0]
@@ -160,9 +189,10 @@ def test_iwae_is_a_bound_that_tightens_and_the_widened_proposal_is_one(warp: boo
     assert torch.allclose(plain, ones, atol=1e-9)
 
 
-@pytest.mark.parametrize(("mode", "warp"), [("prior", False), ("support", False), ("prior", True), ("support", True)])
-def test_samples_are_images_that_depend_on_the_class(mode: str, warp: bool) -> None:
-    model, params = _model(warp=warp)
+@pytest.mark.parametrize(("mode", "warp", "glob"), [("prior", False, 0), ("support", False, 0), ("prior", True, 3),
+                                                   ("support", True, 3)])
+def test_samples_are_images_that_depend_on_the_class(mode: str, warp: bool, glob: int) -> None:
+    model, params = _model(warp=warp, glob=glob)
     batch = _batch(model)
     one = with_context(model, params, batch.support[0])
     two = with_context(model, params, batch.support[1])
@@ -173,7 +203,7 @@ def test_samples_are_images_that_depend_on_the_class(mode: str, warp: bool) -> N
 
 
 def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) -> None:  # noqa: ANN001
-    """The project's path with ``model.arch: ladder`` (and its context warp, as configs/omniglot.yaml):
+    """The project's path with ``model.arch: ladder`` (its context warp, as configs/omniglot.yaml, and a global latent):
     in-process meta-training (the batched context step), the checkpoint it restores from, and the
     adaptation rule evaluation and serving use."""
     from components.data.prepare import load_split
@@ -182,7 +212,8 @@ def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) 
     from tests.conftest import make_params
 
     params = make_params("model.arch=ladder", "model.latent_dim=2", "model.width=8", "model.context_dim=4",
-                         "model.context_warp=true", "meta.meta_batch_size=2", "meta.k_query=3", "train.steps=4", "train.val_tasks=2",
+                         "model.context_warp=true", "model.global_latent=2", "meta.meta_batch_size=2", "meta.k_query=3",
+                         "train.steps=4", "train.val_tasks=2",
                          "train.val_every=2", "train.report_every=2", "train.checkpoint_every=2",
                          "eval.adapt_steps=1", "eval.finetune_lrs=[0.0, 0.001]", "eval.feature_steps=20",
                          "eval.min_extractor_accuracy=0", "eval.samples_per_class=8")
