@@ -32,11 +32,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--temperatures", type=float, nargs="+", required=True)
     ap.add_argument("--finetune-lrs", type=float, nargs="+", default=[0.0], help="Adam lrs of the fine-tuning (0: none)")
     ap.add_argument("--no-nll", action="store_true", help="skip each lr's meta-val NLL (eval.nll_choice_images)")
+    ap.add_argument("--choice-classes", type=int, default=None,
+                    help="meta-val classes of the choice (eval.lr_choice_classes; default: the checkpoint's)")
     args = ap.parse_args(argv)
     restored = load_learner(args.checkpoint)
     params = Params.model_validate(restored.params)
     ev = params.eval.model_copy(update={"temperatures": args.temperatures, "finetune_lrs": args.finetune_lrs,
-                                        **({"nll_choice_images": 0} if args.no_nll else {})})
+                                        **({"nll_choice_images": 0} if args.no_nll else {}),
+                                        **({"lr_choice_classes": args.choice_classes} if args.choice_classes else {})})
     params = params.model_copy(update={"eval": ev})
     t0 = time.perf_counter()
     with torch_threads(figure_threads(params.train)):  # the evaluation's threads: its figures

@@ -246,11 +246,11 @@ def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) 
     script = Path(__file__).parents[3] / "experiments" / "sampling_temperature" / "run.py"
     done = subprocess.run([sys.executable, str(script), "--checkpoint", str(result.checkpoint), "--prepared",
                            str(digits_prepared), "--features", str(tmp_path / "features"), "--temperatures", "1.0",
-                           "0.5"], capture_output=True, text=True, env=env, check=True)
+                           "0.5", "--choice-classes", "1"], capture_output=True, text=True, env=env, check=True)
     report = json.loads(done.stdout)
     assert [(c["lr"], c["temperature"]) for c in report["candidates"]] == [(0.0, 1.0), (0.0, 0.5)]
     assert all(math.isfinite(c["fid"]) and 0 <= c["copy_rate"] <= 1 and 0 <= c["copy_bound"] <= 1 for c in report["candidates"])
-    assert report["chosen"]["temperature"] in (1.0, 0.5) and report["meta_val_classes"] > 0
+    assert report["chosen"]["temperature"] in (1.0, 0.5) and report["meta_val_classes"] == 1  # --choice-classes
 
 
 def test_the_set_gain_experiment_trains_both_models_and_scores_meta_val(digits_prepared) -> None:  # noqa: ANN001
