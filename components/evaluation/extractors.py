@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from components.atomic import atomic_file
 from components.errors import MetagenError
+from components.seeding import global_rng
 from components.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,7 @@ def train_classifier(
     """Adam on cross-entropy, seeded, cosine-decayed; shift augmentation, or random affine
     transforms (``augment``), so that a few images per class generalise."""
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with global_rng(seed):
         net = DomainCNN(images.shape[1], num_classes, width=width)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
@@ -144,7 +144,8 @@ def load_domain_extractor(path: Path) -> DomainExtractor:
         raise MetagenError(f"domain feature extractor not found: {path} (run `dvc repro features` or `metagen features`)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
-    net = DomainCNN(int(meta["channels"]), int(meta["num_classes"]))
+    with global_rng():  # its initial weights draw from the global RNG, which a seeded build holds
+        net = DomainCNN(int(meta["channels"]), int(meta["num_classes"]))
     net.load_state_dict(blob["state"])
     return DomainExtractor(net.eval())
 

@@ -33,6 +33,7 @@ from torchvision.models.inception import inception_v3
 
 from components.errors import MetagenError
 from components.evaluation.extractors import state_digest
+from components.seeding import global_rng
 
 log = logging.getLogger(__name__)
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -47,18 +48,20 @@ _BLOCKS = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d
 
 
 def build_fid_inception() -> nn.Module:
-    """pytorch-fid's FID Inception-v3 architecture, without weights (no download)."""
-    net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
-    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
-    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
-    return net
+    """pytorch-fid's FID Inception-v3 architecture, without weights (no download; its initial
+    weights draw from the global RNG, held meanwhile: :mod:`components.seeding`)."""
+    with global_rng():
+        net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+        net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+        net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+        net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+        net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+        net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+        net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+        net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+        net.Mixed_7b = pfi.FIDInceptionE_1(1280)
+        net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+        return net
 
 
 def to_inception_input(images: Tensor) -> Tensor:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from components.params import ModelParams
+from components.seeding import global_rng
 
 Weights = dict[str, Tensor]
 CONTEXT = "context"  # the task-specific entry of a parameter dict (not a network weight)
@@ -340,18 +341,19 @@ def _log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 def new_vae(cfg: VAEConfig) -> ConvVAE:
     """The generator ``cfg.arch`` names (the ladder is a :class:`ConvVAE` in interface)."""
-    if cfg.arch == "ladder":
-        from components.models.ladder import LadderVAE  # the ladder builds on this module's pieces
-
-        return LadderVAE(cfg)  # type: ignore[return-value]
-    if cfg.arch != "conv":
+    if cfg.arch not in ARCHS:
         raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
-    return ConvVAE(cfg)
+    with global_rng():  # its initialisers draw from the global RNG, which a seeded build holds
+        if cfg.arch == "ladder":
+            from components.models.ladder import LadderVAE  # the ladder builds on this module's pieces
+
+            return LadderVAE(cfg)  # type: ignore[return-value]
+        return ConvVAE(cfg)
 
 
 def build_vae(cfg: VAEConfig, seed: int) -> ConvVAE:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    """``cfg``'s generator initialised from ``seed`` (the same weights whatever other threads build)."""
+    with global_rng(seed):
         return new_vae(cfg)
 
 
