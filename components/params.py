@@ -214,6 +214,7 @@ class EvalParams(_Section):
     samples_per_class: int = Field(ge=2)
     sampling: Literal["prior", "support"]
     temperatures: list[float] = Field(min_length=1)
+    spatial_temperature: float | None = Field(ge=0)  # the ladder's grids' noise scale in sampling; None: the temperature
     extractor: Literal["auto", "domain", "inception"]
     inception_weights: str | None
     features_dir: str
@@ -299,6 +300,9 @@ class Params(_Section):
                              "set model.context_dim > 0")
         if self.model.support_attention and self.model.context_dim == 0:
             raise ValueError("model.support_attention needs a set-conditioned VAE: set model.context_dim > 0")
+        if self.eval.spatial_temperature is not None and self.model.arch != "ladder":
+            raise ValueError(f"eval.spatial_temperature {self.eval.spatial_temperature:g} needs spatial latents "
+                             f"(model.arch ladder, not {self.model.arch}): set it to null")
         need = self.meta.k_shot + self.meta.k_query
         if need > self.data.min_images_per_class:
             raise ValueError(

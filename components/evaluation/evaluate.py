@@ -328,8 +328,10 @@ def baseline_scores(params: Params, prepared_dir: Path, features_dir: Path, cach
         return Scores(cached["rows"], cached["samples"], cached["selection"], features)
     with phase("pretrain baseline"):
         pre_model = reference_pretrain(params, prepared_dir, cache_dir)
-    gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.finetune_steps),
-            FinetuneGenerator("scratch", new_vae(plain), None, ev.scratch_steps)]
+    gens = [FinetuneGenerator("pretrain", pre_model, param_dict(pre_model), ev.finetune_steps,
+                              spatial_temperature=ev.spatial_temperature),
+            FinetuneGenerator("scratch", new_vae(plain), None, ev.scratch_steps,
+                              spatial_temperature=ev.spatial_temperature)]
     choice_path = cache_dir / f"baselines-choice-{baselines_key(params, manifest, protocol, extractor.digest, plain, choice=True)}.json"
     selection = _cached_choice(choice_path, [gen.name for gen in gens])
     scores = score_baselines(gens, ctx.test, ctx.choice, extractor, protocol,

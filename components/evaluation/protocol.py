@@ -60,12 +60,14 @@ class Protocol:
 
     def _digest(self, include: set[str]) -> str:
         fields = self.eval.model_dump(mode="json", include=include)
+        if fields.get("spatial_temperature", 0) is None:  # absent when unset: the digests made before it hold
+            del fields["spatial_temperature"]
         blob = json.dumps({"eval": fields, "k_shot": self.k_shot, "test": self.test_sha256,
                            **({"binarized": True} if self.binarized else {})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-SCORING_FIELDS = {"seed", "repeats", "samples_per_class", "temperatures", "kid_subsets", "kid_subset_size",
+SCORING_FIELDS = {"seed", "repeats", "samples_per_class", "temperatures", "spatial_temperature", "kid_subsets", "kid_subset_size",
                   "augment_steps", "max_classes", "nll_samples", "nll_proposal_scales", "nll_max_images", "prdc_k",
                   "copy_percentile", "copy_max_shift", "nll_choice_images", "nll_choice_samples"}
 # the choice reads meta-val classes only: the meta-test subset (max_classes) is not among its inputs

@@ -24,6 +24,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         + (f" with held-out accuracy {acc:.3f}" if acc is not None else "")
         + f", protocol {report['protocol']['digest']})",
         *([f"NLL: {report['nll']}."] if report.get("nll") else []),
+        *([f"Sampling: the ladder's grids at spatial temperature {spatial:g}; the temperature column scales the "
+           "latents above them."] if (spatial := report["protocol"].get("spatial_temperature")) is not None else []),
         "",
         "| model | sampling | adapt steps | fine-tune lr | temperature | NLL (nats) ↓ | FID ↓ | KID ↓ | precision ↑ | "
         "recall ↑ | density ↑ | coverage ↑ | copy rate ↓ | augmentation acc ↑ |",

@@ -42,6 +42,7 @@ class AdaptationRule:
     finetune_steps: int = 0
     finetune_lr: float = 0.0  # 0: no fine-tuning (a rule registered before this field has none)
     set_finetune: str = "joint"  # joint | leave_one_out (a rule registered before this field fine-tunes joint)
+    spatial_temperature: float | None = None  # the ladder's grids' noise scale in sampling (None: ``temperature``)
 
     def __post_init__(self) -> None:
         if self.set_finetune not in SET_FINETUNES:
@@ -65,7 +66,7 @@ class AdaptationRule:
         return replace(trained, steps=ev.adapt_steps, inner_lr=ev.inner_lr or trained.inner_lr,
                        learned_lrs=trained.learned_lrs and ev.inner_lr is None, sampling=ev.sampling,
                        temperature=ev.temperatures[0], finetune_steps=ev.finetune_steps,
-                       set_finetune=ev.set_finetune)
+                       set_finetune=ev.set_finetune, spatial_temperature=ev.spatial_temperature)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdaptationRule:
@@ -92,7 +93,8 @@ class AdaptationRule:
                  generator: torch.Generator, sampling: str | None = None) -> Tensor:
         """Adapt on ``support``, then ``n`` samples: what the pyfunc serves and evaluation scores."""
         fast = self.adapt(model, params, lrs, support, generator)
-        return sample(model, fast, n, generator, sampling or self.sampling, support, self.temperature)
+        return sample(model, fast, n, generator, sampling or self.sampling, support, self.temperature,
+                      self.spatial_temperature)
 
 
 def finetune(

@@ -79,9 +79,11 @@ class AdaptedVAE:
     model: ConvVAE
     params: Weights
     support: Tensor
+    spatial_temperature: float | None = None  # the ladder's grids' noise scale in sampling (None: the temperature)
 
     def sample(self, n: int, mode: str, generator: torch.Generator, temperature: float) -> Tensor:
-        return sample(self.model, self.params, n, generator, mode, self.support, temperature)
+        return sample(self.model, self.params, n, generator, mode, self.support, temperature,
+                      self.spatial_temperature)
 
     def nll(self, x: Tensor, samples: int, generator: torch.Generator,
             proposal_scales: tuple[float, ...] = (1.0,)) -> float | None:
@@ -165,7 +167,7 @@ class MetaGenerator:
 
     def adapt(self, support: Tensor, generator: torch.Generator) -> AdaptedVAE:
         fast = self.rule.adapt(self.model, self.learner.params(), self.learner.inner_lrs(), support, generator)
-        return AdaptedVAE(self.model, fast, support)
+        return AdaptedVAE(self.model, fast, support, self.rule.spatial_temperature)
 
 
 @dataclass
@@ -180,6 +182,7 @@ class FinetuneGenerator:
     modes: tuple[str, ...] = MODES
     temperature: float = 1.0
     nll_lr: float | None = None  # the fine-tuning lr its likelihood is measured at (None: ``lr``)
+    spatial_temperature: float | None = None  # the ladder's grids' noise scale in sampling (None: the temperature)
 
     @property
     def starts_trained(self) -> bool:
@@ -198,7 +201,7 @@ class FinetuneGenerator:
         else:
             start = self.start
         return AdaptedVAE(self.model, finetune(self.model, start, support, self.steps, self.lr or 0.0, generator),
-                          support)
+                          support, self.spatial_temperature)
 
 
 def pretrain_vae(

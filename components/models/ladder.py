@@ -136,6 +136,15 @@ class LadderVAE(VAEBase):
         return ((WARP if self.warps else 0) + self.cfg.global_latent
                 + self.cfg.latent_dim * (self.coarse**2 + self.fine**2))
 
+    def noise_scales(self, temperature: float, spatial_temperature: float | None = None) -> Tensor:
+        """Each noise entry's scale in sampling, ``(noise_dim,)``: ``temperature`` for the latents
+        above the grids (the warp's, the global one), ``spatial_temperature`` (``None``: the same)
+        for both grids'."""
+        above = (WARP if self.warps else 0) + self.cfg.global_latent
+        spatial = temperature if spatial_temperature is None else spatial_temperature
+        return torch.cat([torch.full((above,), float(temperature)),
+                          torch.full((self.noise_dim - above,), float(spatial))])
+
     @property
     def context_size(self) -> int:
         """The class context, flat: the mean support image and the context maps of both scales."""

@@ -99,6 +99,13 @@ class VAEBase(nn.Module):
     def mean_image(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out)
 
+    def noise_scales(self, temperature: float, spatial_temperature: float | None = None) -> Tensor:
+        """Each noise entry's scale in sampling, ``(noise_dim,)``: ``temperature`` everywhere;
+        ``spatial_temperature`` is for architectures with spatial latent maps (the ladder)."""
+        if spatial_temperature is not None:
+            raise ValueError(f"{type(self).__name__} has no spatial latents: a spatial temperature needs model.arch ladder")
+        return torch.full((self.noise_dim,), float(temperature))
+
     def log_likelihood(self, out: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image of the decoder's output ``out``: Bernoulli logits, or discretized
         Gaussian means (pre-sigmoid) with the per-channel ``log_sigma``."""
@@ -465,15 +472,20 @@ def sample(
     mode: str = "prior",
     support: Tensor | None = None,
     temperature: float = 1.0,
+    spatial_temperature: float | None = None,
 ) -> Tensor:
     """``n`` images (mean of p(x|z)) with z from the prior or from the supports' posteriors.
 
     ``prior``: z ~ p(z) (the class prior p(z|c) of a set-conditioned VAE), scaled by
     ``temperature``. ``support``: z from the equal mixture of q(z|x_k) over the K support images,
-    scaled by ``temperature`` around each component's mean.
+    scaled by ``temperature`` around each component's mean. ``spatial_temperature`` (the ladder):
+    its spatial maps' noise scale instead (0: each map its mean given the latents above it).
     """
     device = next(iter(params.values())).device
-    noise = torch.randn(n, model.noise_dim, generator=generator).to(device)
+    noise = torch.randn(n, model.noise_dim, generator=generator)
+    if spatial_temperature is not None:  # each level's z = mean + noise * std: the scale moves into the noise
+        noise, temperature = noise * model.noise_scales(temperature, spatial_temperature), 1.0
+    noise = noise.to(device)
     pick = None
     if mode == "support":
         if support is None or len(support) == 0:

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--temperatures", type=float, nargs="+", required=True)
     ap.add_argument("--finetune-lrs", type=float, nargs="+", default=[0.0], help="Adam lrs of the fine-tuning (0: none)")
     ap.add_argument("--no-nll", action="store_true", help="skip each lr's meta-val NLL (eval.nll_choice_images)")
+    ap.add_argument("--spatial-temperature", type=float, default=None,
+                    help="the ladder's grids' noise scale (eval.spatial_temperature; default: the checkpoint's)")
     ap.add_argument("--choice-classes", type=int, default=None,
                     help="meta-val classes of the choice (eval.lr_choice_classes; default: the checkpoint's)")
     args = ap.parse_args(argv)
@@ -39,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     params = Params.model_validate(restored.params)
     ev = params.eval.model_copy(update={"temperatures": args.temperatures, "finetune_lrs": args.finetune_lrs,
                                         **({"nll_choice_images": 0} if args.no_nll else {}),
-                                        **({"lr_choice_classes": args.choice_classes} if args.choice_classes else {})})
+                                        **({"lr_choice_classes": args.choice_classes} if args.choice_classes else {}),
+                                        **({"spatial_temperature": args.spatial_temperature}
+                                           if args.spatial_temperature is not None else {})})
     params = params.model_copy(update={"eval": ev})
     t0 = time.perf_counter()
     with torch_threads(figure_threads(params.train)):  # the evaluation's threads: its figures
@@ -48,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         chosen, table = choose_meta_settings(meta, ctx.choice, ctx.extractor, ctx.protocol,
                                              params.registry.max_copy_rate)
     print(json.dumps({"checkpoint": str(args.checkpoint), "meta_val_classes": len(ctx.choice.classes),
+                      "spatial_temperature": ev.spatial_temperature,
                       "extractor": ctx.extractor.name, "max_copy_rate": params.registry.max_copy_rate,
                       "chosen": {"lr": chosen.lr, "temperature": chosen.temperature},
                       "candidates": table["candidates"], "seconds": round(time.perf_counter() - t0, 1)}, indent=2))

@@ -59,6 +59,9 @@ def test_protocol_digest_depends_on_protocol_not_model(setup) -> None:  # noqa: 
     params, _, _, _, protocol, _ = setup
     other = Protocol(make_params(*TINY, "eval.samples_per_class=32").eval, params.meta.k_shot, protocol.test_sha256)
     assert other.digest != protocol.digest
+    spatial = Protocol(make_params(*TINY, "model.arch=ladder", "eval.spatial_temperature=0").eval, params.meta.k_shot,
+                       protocol.test_sha256)
+    assert spatial.digest != protocol.digest  # unset it is absent: the digests made before it hold
     same = Protocol(make_params(*TINY, "eval.adapt_steps=9").eval, params.meta.k_shot, protocol.test_sha256)
     assert same.digest == protocol.digest
 
@@ -226,6 +229,14 @@ def test_a_temperature_must_be_positive() -> None:
         make_params("eval.temperatures=[1.0, 0]")
     with pytest.raises(ParamsError, match="eval.temperatures"):
         make_params("eval.temperatures=[]")
+
+
+def test_a_spatial_temperature_needs_the_ladder() -> None:
+    with pytest.raises(ParamsError, match=r"eval.spatial_temperature 0 needs spatial latents \(model.arch ladder, not conv\)"):
+        make_params("eval.spatial_temperature=0")
+    with pytest.raises(ParamsError, match="eval.spatial_temperature"):
+        make_params("model.arch=ladder", "eval.spatial_temperature=-0.5")
+    assert make_params("model.arch=ladder", "eval.spatial_temperature=0").eval.spatial_temperature == 0.0
 
 
 def test_the_baselines_settings_choice_is_cached_apart_from_what_it_does_not_read(

@@ -202,6 +202,39 @@ def test_samples_are_images_that_depend_on_the_class(mode: str, warp: bool, glob
     assert float((a - b).abs().max()) > 1e-6
 
 
+@pytest.mark.parametrize("mode", ["prior", "support"])
+def test_the_spatial_temperature_scales_the_grids_noise_and_nothing_else(mode: str) -> None:
+    """``eval.spatial_temperature``: the grids' noise at its own scale, the latents above them (the
+    warp's, the global one) at the temperature. At the temperature itself it is the plain sample;
+    at 0 it is the sample of the same draw with the grids' noise zeroed (each grid its mean given
+    the latents above), the rest at the temperature; a model without grids refuses it."""
+    model, params = _model(warp=True, glob=3)
+    batch = _batch(model)
+    start, support = with_context(model, params, batch.support[0]), batch.support[0]
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    plain = sample(model, start, 4, seeded(), mode, support, 0.8)
+    assert torch.equal(plain, sample(model, start, 4, seeded(), mode, support, 0.8, 0.8))
+    zero = sample(model, start, 4, seeded(), mode, support, 0.8, 0.0)
+    assert float((plain - zero).abs().max()) > 1e-6
+    g = seeded()
+    noise = torch.randn(4, model.noise_dim, generator=g)
+    pick = torch.randint(0, len(support), (4,), generator=g) if mode == "support" else None
+    above = 6 + 3  # the warp's noise, then the global latent's
+    noise[:, :above] *= 0.8
+    noise[:, above:] = 0.0
+    with torch.no_grad():
+        by_hand = model.mean_image(model.sample_outputs(noise, mode=mode, context=start[CONTEXT], support=support,
+                                                        pick=pick))
+    assert torch.allclose(zero, by_hand, atol=1e-12)
+    assert torch.equal(model.noise_scales(0.8, 0.0), torch.tensor([0.8] * above + [0.0] * (model.noise_dim - above)))
+    conv = build_vae(VAEConfig(1, 28, 2, 4, "bernoulli", 2, 0), seed=0)
+    with pytest.raises(ValueError, match="no spatial latents"):
+        sample(conv, param_dict(conv), 2, seeded(), "prior", None, 1.0, 0.0)
+
+
 def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) -> None:  # noqa: ANN001
     """The project's path with ``model.arch: ladder`` (its context warp, as configs/omniglot.yaml, and a global latent):
     in-process meta-training (the batched context step), the checkpoint it restores from, and the
@@ -216,7 +249,8 @@ def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) 
                          "train.steps=4", "train.val_tasks=2",
                          "train.val_every=2", "train.report_every=2", "train.checkpoint_every=2",
                          "eval.adapt_steps=1", "eval.finetune_lrs=[0.0, 0.001]", "eval.feature_steps=20",
-                         "eval.min_extractor_accuracy=0", "eval.samples_per_class=8")
+                         "eval.min_extractor_accuracy=0", "eval.samples_per_class=8", "train.pretrain_steps=3",
+                         "eval.nll_samples=4", "eval.nll_max_images=2", "eval.repeats=2", "eval.finetune_steps=2")
     result = train_local(params, digits_prepared, tmp_path, progress=False)
     restored = load_learner(result.checkpoint)
     assert type(restored.learner.model).__name__ == "LadderVAE" and restored.state.step == 4
@@ -246,11 +280,28 @@ def test_the_ladder_trains_checkpoints_and_generates(tmp_path, digits_prepared) 
     script = Path(__file__).parents[3] / "experiments" / "sampling_temperature" / "run.py"
     done = subprocess.run([sys.executable, str(script), "--checkpoint", str(result.checkpoint), "--prepared",
                            str(digits_prepared), "--features", str(tmp_path / "features"), "--temperatures", "1.0",
-                           "0.5", "--choice-classes", "1"], capture_output=True, text=True, env=env, check=True)
+                           "0.5", "--choice-classes", "1", "--spatial-temperature", "0"],
+                          capture_output=True, text=True, env=env, check=True)
     report = json.loads(done.stdout)
     assert [(c["lr"], c["temperature"]) for c in report["candidates"]] == [(0.0, 1.0), (0.0, 0.5)]
     assert all(math.isfinite(c["fid"]) and 0 <= c["copy_rate"] <= 1 and 0 <= c["copy_bound"] <= 1 for c in report["candidates"])
     assert report["chosen"]["temperature"] in (1.0, 0.5) and report["meta_val_classes"] == 1  # --choice-classes
+    assert report["spatial_temperature"] == 0.0
+    # the experiment that scores the pretrain baseline's held-out NLL from other initialisations
+    script = Path(__file__).parents[3] / "experiments" / "baseline_seeds" / "run.py"
+    evaluated = tmp_path / "eval.json"  # the lrs an evaluation chose for each model's likelihood
+    evaluated.write_text(json.dumps({"rows": [{"model": "pretrain", "nll_lr": 0.001}, {"model": "meta", "nll_lr": 0.0}]}))
+    done = subprocess.run([sys.executable, str(script), "--checkpoint", str(result.checkpoint), "--prepared",
+                           str(digits_prepared), "--features", str(tmp_path / "features"), "--report", str(evaluated),
+                           "--seeds", "0", "1", "--meta"], capture_output=True, text=True, env=env, check=True)
+    report = json.loads(done.stdout)
+    seeds = report["pretrain"]
+    assert set(seeds) == {"0", "1"} and report["repeats"] == 2 and report["meta"]["lr"] == 0.0
+    assert all(math.isfinite(v["nll_nats"]) and v["bits_per_dim"] > 0 and v["lr"] == 0.001 for v in seeds.values())
+    assert seeds["0"]["nll_nats"] != seeds["1"]["nll_nats"]  # another initialisation, another baseline
+    assert report["pretrain_spread_bits_per_dim"] == pytest.approx(
+        abs(seeds["0"]["bits_per_dim"] - seeds["1"]["bits_per_dim"]))
+    assert len(list(result.checkpoint.parent.glob("pretrain-*.pt"))) == 2  # each cached as the evaluation caches it
 
 
 def test_the_set_gain_experiment_trains_both_models_and_scores_meta_val(digits_prepared) -> None:  # noqa: ANN001
