@@ -215,33 +215,41 @@ def score_baselines(
     selection: dict[str, Any] | None = None,
 ) -> Scores:
     """The references the meta-model is compared with; they do not depend on it (so they can run
-    while it trains, and be cached): each baseline with its adaptation lr chosen on the meta-val
-    classes ``val`` first (with its sampling temperature; ``selection``: a choice already made,
-    as this function returns it), then the support-replay reference."""
+    while it trains, and be cached): each baseline with its adaptation lr and sampling temperature
+    chosen on the meta-val classes ``val`` in each sampling mode on its own first (``selection``:
+    a choice already made, as this function returns it: name -> mode -> settings), then the
+    support-replay reference. The modes that chose the same lr share one adaptation."""
     test_feats = extractor.features(torch.from_numpy(test.images))
-    chosen: list[FewShotGenerator] = []
-    if selection is not None:
-        chosen = [gen.with_settings(selection[gen.name]["lr"], selection[gen.name]["temperature"])
-                  .with_nll_lr(selection[gen.name]["nll_lr"]) for gen in baselines]
-    else:
+    if selection is None:
         selection = {}
-    if baselines and not chosen:
-        val_feats = extractor.features(torch.from_numpy(val.images))
-        with phase("baseline settings choice"):  # lr x temperature
-            picked = choose_settings(baselines, val, val_feats, extractor, protocol, protocol.eval.finetune_lrs,
-                                     "support", max_copy_rate, mapper)
-        for gen, table in picked:
-            selection[gen.name] = {"lr": gen.lr, "temperature": gen.temperature, "nll_lr": gen.nll_lr,
-                                   "candidates": table}
-            chosen.append(gen)
+        if baselines:
+            val_feats = extractor.features(torch.from_numpy(val.images))
+            with phase("baseline settings choice"):  # lr x temperature, per mode
+                picked = choose_settings(baselines, val, val_feats, extractor, protocol, protocol.eval.finetune_lrs,
+                                         MODES, max_copy_rate, mapper)
+            selection = {gen.name: {mode: {"lr": g.lr, "temperature": g.temperature, "nll_lr": g.nll_lr,
+                                           "candidates": table} for mode, (g, table) in by_mode.items()}
+                         for gen, by_mode in zip(baselines, picked, strict=True)}
+    chosen: list[FewShotGenerator] = []
+    for gen in baselines:
+        by_lr: dict[float | None, dict[str, float]] = {}
+        for mode, setting in selection[gen.name].items():
+            by_lr.setdefault(setting["lr"], {})[mode] = setting["temperature"]
+        nll_lr = next(iter(selection[gen.name].values()))["nll_lr"]
+        chosen += [gen.with_settings(lr, gen.temperature).with_nll_lr(nll_lr).with_modes(temps)
+                   for lr, temps in by_lr.items()]
     gens = [*chosen, SupportReplay()]
     with phase("baselines and replay"):
         results = evaluate_generators(gens, test, test_feats, extractor, protocol, stats_cache=stats_cache,
                                       mapper=mapper)
     rows = [row for res in results for row in res.rows]
-    samples = {gen.name: res.samples for gen, res in zip(gens, results, strict=True)
-               if not isinstance(gen, SupportReplay)}
-    return Scores(rows, samples, selection, {gen.name: res.features for gen, res in zip(gens, results, strict=True)})
+    samples: dict[str, dict[str, list[torch.Tensor]]] = {}
+    features: dict[str, dict[str, list[list[np.ndarray]]]] = {}
+    for gen, res in zip(gens, results, strict=True):
+        features.setdefault(gen.name, {}).update(res.features)
+        if not isinstance(gen, SupportReplay):
+            samples.setdefault(gen.name, {}).update(res.samples)
+    return Scores(rows, samples, selection, features)
 
 
 def choose_meta_settings(meta: MetaGenerator, val: Split, extractor: ex.FeatureExtractor, protocol: Protocol,
@@ -252,8 +260,9 @@ def choose_meta_settings(meta: MetaGenerator, val: Split, extractor: ex.FeatureE
     ev = protocol.eval
     val_feats = extractor.features(torch.from_numpy(val.images))
     with phase("settings choice"):
-        [(chosen, table)] = choose_settings([meta], val, val_feats, extractor, protocol, ev.finetune_lrs,
-                                            meta.rule.sampling, max_copy_rate, mapper)
+        [by_mode] = choose_settings([meta], val, val_feats, extractor, protocol, ev.finetune_lrs,
+                                    (meta.rule.sampling,), max_copy_rate, mapper)
+    chosen, table = by_mode[meta.rule.sampling]
     return chosen, {"lr": chosen.lr, "temperature": chosen.temperature, "nll_lr": chosen.nll_lr,
                     "candidates": table}
 
@@ -287,8 +296,8 @@ def fid_comparisons(scores: Scores, real: list[list[np.ndarray]], ev: EvalParams
     return [{"model": name, "sampling": mode, **iv.to_dict()} for (name, mode), iv in intervals.items()]
 
 
-BASELINES_CACHE_VERSION = 7  # bump when what score_baselines computes changes (7: the FID's bootstrap units kept)
-CHOICE_CACHE_VERSION = 6  # ... and this when their settings choice changes (6: the NLL's lr chosen too)
+BASELINES_CACHE_VERSION = 8  # bump when what score_baselines computes changes (8: each mode at its own settings)
+CHOICE_CACHE_VERSION = 7  # ... and this when their settings choice changes (7: chosen per sampling mode)
 
 
 def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, extractor_digest: str,
@@ -353,8 +362,10 @@ def _cached_choice(path: Path, names: list[str]) -> dict[str, Any] | None:
         return None
     try:
         selection = json.loads(path.read_text())
-        if all(isinstance(selection[n]["lr"], (int, float)) and selection[n]["temperature"] > 0
-               and isinstance(selection[n]["nll_lr"], (int, float, type(None))) for n in names):
+        if all(set(selection[n]) == set(MODES) and all(
+                isinstance(s["lr"], (int, float)) and s["temperature"] > 0
+                and isinstance(s["nll_lr"], (int, float, type(None))) for s in selection[n].values())
+               for n in names):
             return selection
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -413,7 +424,7 @@ def evaluate(
     real = real_units(test, extractor.features(torch.from_numpy(test.images)), protocol)
     units_path = out_dir / UNITS_FILE
     save_units(units_path, FidUnits(extractor.digest, protocol.digest, scores.features["meta"][ev.sampling], real))
-    selection = {meta.name: meta_choice, **scores.selection}
+    selection = {meta.name: {rule.sampling: meta_choice}, **scores.selection}  # name -> mode -> settings
     with phase("pictures"):
         pictures = _pictures(out_dir, test, protocol, scores.samples, rows, history)
         chart = selection_chart(out_dir / "selection.png", selection, params.registry.max_copy_rate)

@@ -89,10 +89,11 @@ def loss_curve(path: Path, history: list[dict[str, float]]) -> Path | None:
 
 
 def selection_chart(path: Path, selection: dict[str, Any], max_copy_rate: float) -> Path | None:
-    """Every model's candidate settings on meta-val, FID against copy rate (one line per model,
-    one point per (lr, temperature)), the copy limit and each model's choice: what the choice
-    traded and where each model's fine-tuning starts to copy."""
-    models = {name: s for name, s in selection.items() if s.get("candidates")}
+    """Every model's candidate settings on meta-val, FID against copy rate (one line per model and
+    sampling mode, one point per (lr, temperature)), the copy limit and each choice: what the choice
+    traded and where each model's fine-tuning starts to copy. ``selection``: name -> mode -> settings."""
+    models = {f"{name} ({mode})": s for name, by_mode in selection.items() for mode, s in by_mode.items()
+              if s.get("candidates")}
     if not models:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -278,7 +278,7 @@ def run_generators(
     nll_images, nll_samples = nll_budget or (ev.nll_max_images, ev.nll_samples)
     episodes = [draw_episode(split, protocol.k_shot, seed) for seed in seeds]
     n_classes = len(split.classes)
-    variants = [tuple((mode, t) for mode in _modes(gen, modes) for t in (temperatures or [gen.temperature]))
+    variants = [tuple((mode, t) for mode in _modes(gen, modes) for t in (temperatures or [gen.sampling_temperature(mode)]))
                 for gen in gens]
     jobs = [
         ClassJob(g, torch.from_numpy(split.images[ep.supports[c]]),
@@ -328,12 +328,12 @@ def rows_of(gen: FewShotGenerator, repeats: list[RepeatResult], modes: tuple[str
     for mode in _modes(gen, modes):
         row: dict[str, Any] = {
             "model": gen.name, "sampling": mode, "adapt_steps": gen.steps, "adapt_lr": gen.lr,
-            "temperature": gen.temperature, "nll_lr": gen.lr if gen.nll_lr is None else gen.nll_lr,
+            "temperature": gen.sampling_temperature(mode), "nll_lr": gen.lr if gen.nll_lr is None else gen.nll_lr,
             "nll_mean": nll_m, "nll_std": nll_s,
         }
         for metric in SAMPLE_METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(
-                [r.metrics[(mode, gen.temperature)][metric] for r in repeats])
+                [r.metrics[(mode, gen.sampling_temperature(mode))][metric] for r in repeats])
         for metric in ("precision", "recall", "density", "coverage", "copy_rate"):
             row[metric] = row[f"{metric}_mean"]
         rows.append(row)
@@ -371,24 +371,29 @@ def real_units(split: Split, real_feats: np.ndarray, protocol: Protocol) -> list
 
 def choose_settings(
     gens: Sequence[FewShotGenerator], val: Split, val_feats: np.ndarray, extractor: FeatureExtractor,
-    protocol: Protocol, lrs: Sequence[float] | None, mode: str, max_copy_rate: float, mapper: Mapper | None = None,
-) -> list[tuple[FewShotGenerator, list[dict[str, float | None]]]]:
+    protocol: Protocol, lrs: Sequence[float] | None, modes: tuple[str, ...], max_copy_rate: float,
+    mapper: Mapper | None = None,
+) -> list[dict[str, tuple[FewShotGenerator, list[dict[str, float | None]]]]]:
     """Each generator's sampling temperature (``eval.temperatures``) and its fine-tuning lr
     (``lrs``; None: the generator keeps its own), chosen on meta-val classes
-    (one repeat, every candidate at once): the lowest FID among the settings whose samples do not
+    (one repeat, every candidate at once) in each of ``modes`` on its own: per mode the generator
+    with its settings and every candidate's row. The rule: the lowest FID among the settings whose samples do not
     copy with confidence (the copy rate's upper bound at ``eval.confidence``, a bootstrap over the
     meta-val classes, <= ``max_copy_rate``: the point estimate just under the line landed above it
     on the test classes), so that the strongest honest generator is the one
     compared; if every setting copies, the one that copies least (the lowest FID would pick the
-    most copying one, as it did for the meta-model on the CelebA sample). lr 0 is a
+    most copying one, as it did for the meta-model on the CelebA sample). A mode is judged at the
+    settings chosen in it: a baseline's prior sampling at its support sampling's settings was
+    sampled where it is weakest (its support candidates all copied on faces, so the least-copying,
+    hottest, was chosen for both). lr 0 is a
     candidate only for a generator that starts trained (``pretrain`` as it is, the meta-model after
     its context steps); for ``scratch`` it would be an untrained network, which copies nothing. The temperature only changes sampling:
-    each lr adapts once and samples at every temperature from the same adapted state.
+    each lr adapts once and samples every mode at every temperature from the same adapted state.
 
     With ``eval.nll_choice_images`` > 0 each lr's NLL is measured too (that many held-out images a
     class, ``eval.nll_choice_samples`` importance samples) and the generator's likelihood is then
-    measured at the lr of the lowest one (:attr:`FewShotGenerator.nll_lr`): a density is judged
-    at its best setting as its samples are at theirs, each chosen on meta-val."""
+    measured at the lr of the lowest one (:attr:`FewShotGenerator.nll_lr`), whatever the mode: a
+    density is judged at its best setting as its samples are at theirs, each chosen on meta-val."""
     ev = protocol.eval
     seed = ev.seed + 7
     temperatures = ev.temperatures
@@ -396,21 +401,25 @@ def choose_settings(
     own_lrs = [[None] if lrs is None else [lr for lr in lrs if lr > 0 or gen.starts_trained] for gen in gens]
     candidates = [gen.with_settings(lr, gen.temperature).with_nll_lr(None)
                   for gen, mine in zip(gens, own_lrs, strict=True) for lr in mine]
-    results = iter(run_generators(candidates, val, val_feats, extractor, protocol, [seed], (mode,),
+    results = iter(run_generators(candidates, val, val_feats, extractor, protocol, [seed], modes,
                                   score_aug=False, score_nll=by_nll, mapper=mapper, temperatures=temperatures,
                                   nll_budget=(ev.nll_choice_images, ev.nll_choice_samples)))
     chosen = []
     for gen, mine in zip(gens, own_lrs, strict=True):
-        table = [{"lr": lr, "temperature": t, "nll": res[0].nll, "fid": res[0].metrics[(mode, t)]["fid"],
-                  "copy_rate": res[0].metrics[(mode, t)]["copy_rate"],
-                  "copy_bound": copy_rate_bound(res[0].copies[(mode, t)], protocol.eval.confidence,
-                                                protocol.eval.bootstrap_samples, seed)}
-                 for lr, res in zip(mine, [next(results) for _ in mine], strict=True) for t in temperatures]
-        honest = [row for row in table if row["copy_bound"] <= max_copy_rate]
-        best = (min(honest, key=lambda row: row["fid"]) if honest
-                else min(table, key=lambda row: (row["copy_bound"], row["fid"])))
-        nll_lr = min(table, key=lambda row: row["nll"])["lr"] if by_nll else None
-        log.info("%s: lr %s, temperature %g chosen on meta-val%s (NLL, FID, copy rate and its bound of each: %s)",
-                 gen.name, best["lr"], best["temperature"], f", its NLL at lr {nll_lr}" if by_nll else "", table)
-        chosen.append((gen.with_settings(best["lr"], best["temperature"]).with_nll_lr(nll_lr), table))
+        runs = [(lr, next(results)[0]) for lr in mine]
+        nll_lr = min(runs, key=lambda run: run[1].nll)[0] if by_nll else None
+        by_mode = {}
+        for mode in _modes(gen, modes):
+            table = [{"lr": lr, "temperature": t, "nll": res.nll, "fid": res.metrics[(mode, t)]["fid"],
+                      "copy_rate": res.metrics[(mode, t)]["copy_rate"],
+                      "copy_bound": copy_rate_bound(res.copies[(mode, t)], ev.confidence, ev.bootstrap_samples, seed)}
+                     for lr, res in runs for t in temperatures]
+            honest = [row for row in table if row["copy_bound"] <= max_copy_rate]
+            best = (min(honest, key=lambda row: row["fid"]) if honest
+                    else min(table, key=lambda row: (row["copy_bound"], row["fid"])))
+            log.info("%s, %s sampling: lr %s, temperature %g chosen on meta-val%s (NLL, FID, copy rate and its bound "
+                     "of each: %s)", gen.name, mode, best["lr"], best["temperature"],
+                     f", its NLL at lr {nll_lr}" if by_nll else "", table)
+            by_mode[mode] = (gen.with_settings(best["lr"], best["temperature"]).with_nll_lr(nll_lr), table)
+        chosen.append(by_mode)
     return chosen

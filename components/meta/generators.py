@@ -65,6 +65,9 @@ class FewShotGenerator(Protocol):
     @property
     def temperature(self) -> float: ...
 
+    def sampling_temperature(self, mode: str) -> float:
+        """The temperature it samples ``mode`` at (a baseline's may differ by mode: each chosen in its mode)."""
+
     def adapt(self, support: Tensor, generator: torch.Generator) -> Adapted: ...
 
     def with_settings(self, lr: float | None, temperature: float) -> FewShotGenerator:
@@ -115,6 +118,9 @@ class SupportReplay:
     starts_trained: bool = True
     nll_lr: float | None = None  # no density
 
+    def sampling_temperature(self, mode: str) -> float:
+        return self.temperature
+
     def adapt(self, support: Tensor, generator: torch.Generator) -> Adapted:
         return ReplayedSupport(support)
 
@@ -156,6 +162,9 @@ class MetaGenerator:
     def starts_trained(self) -> bool:
         return True
 
+    def sampling_temperature(self, mode: str) -> float:
+        return self.rule.temperature
+
     def with_settings(self, lr: float | None, temperature: float) -> MetaGenerator:
         """The fine-tuning lr (``None``: unchanged) and the temperature; the inner loop it was
         meta-trained with stays as it is."""
@@ -183,13 +192,24 @@ class FinetuneGenerator:
     temperature: float = 1.0
     nll_lr: float | None = None  # the fine-tuning lr its likelihood is measured at (None: ``lr``)
     spatial_temperature: float | None = None  # the ladder's grids' noise scale in sampling (None: the temperature)
+    mode_temperatures: tuple[tuple[str, float], ...] = ()  # (mode, temperature) where a mode's differs
 
     @property
     def starts_trained(self) -> bool:
         return self.start is not None
 
+    def sampling_temperature(self, mode: str) -> float:
+        return dict(self.mode_temperatures).get(mode, self.temperature)
+
     def with_settings(self, lr: float | None, temperature: float) -> FinetuneGenerator:
-        return replace(self, lr=lr, temperature=temperature)
+        return replace(self, lr=lr, temperature=temperature, mode_temperatures=())
+
+    def with_modes(self, temperatures: dict[str, float]) -> FinetuneGenerator:
+        """The same adaptation sampling only the modes of ``temperatures``, each at its own: one
+        adaptation serves every mode whose settings chose the same lr."""
+        modes = tuple(m for m in MODES if m in temperatures)
+        return replace(self, modes=modes, temperature=temperatures[modes[0]],
+                       mode_temperatures=tuple((m, temperatures[m]) for m in modes))
 
     def with_nll_lr(self, lr: float | None) -> FinetuneGenerator:
         return replace(self, nll_lr=lr)

@@ -88,20 +88,29 @@ def test_evaluate_writes_table_and_pictures(tmp_path: Path, digits_prepared: Pat
     models = {(r["model"], r["sampling"]) for r in report["rows"]}
     assert models == {("meta", "prior"), ("meta", "support"), ("pretrain", "prior"), ("pretrain", "support"),
                       ("scratch", "prior"), ("scratch", "support"), ("support_replay", "replay")}
-    selection = report["selection"]
-    assert selection["scratch"]["lr"] == 0.001 and selection["pretrain"]["lr"] in (0.0, 0.001)
-    assert {(c["lr"], c["temperature"]) for c in selection["pretrain"]["candidates"]} == {
-        (0.0, 1.0), (0.0, 0.5), (0.001, 1.0), (0.001, 0.5)}
-    # the meta-model starts trained: no fine-tuning (lr 0) is one of its candidates
-    assert {(c["lr"], c["temperature"]) for c in selection["meta"]["candidates"]} == {
+    selection = report["selection"]  # name -> mode -> settings: each baseline chosen in each mode
+    assert set(selection) == {"meta", "pretrain", "scratch"}
+    assert set(selection["pretrain"]) == set(selection["scratch"]) == {"prior", "support"}
+    for mode in ("prior", "support"):
+        assert selection["scratch"][mode]["lr"] == 0.001 and selection["pretrain"][mode]["lr"] in (0.0, 0.001)
+        assert {(c["lr"], c["temperature"]) for c in selection["pretrain"][mode]["candidates"]} == {
+            (0.0, 1.0), (0.0, 0.5), (0.001, 1.0), (0.001, 0.5)}
+    # the meta-model starts trained: no fine-tuning (lr 0) is one of its candidates; it is chosen in its served mode
+    [served] = selection["meta"]
+    assert served == params.eval.sampling
+    meta_choice = selection["meta"][served]
+    assert {(c["lr"], c["temperature"]) for c in meta_choice["candidates"]} == {
         (0.0, 1.0), (0.0, 0.5), (0.001, 1.0), (0.001, 0.5)}
     # the rule the report (and so the registry) carries is the one that was scored, as chosen
-    assert report["adaptation"]["temperature"] == selection["meta"]["temperature"]
-    assert report["adaptation"]["finetune_lr"] == selection["meta"]["lr"]
+    assert report["adaptation"]["temperature"] == meta_choice["temperature"]
+    assert report["adaptation"]["finetune_lr"] == meta_choice["lr"]
     assert report["adaptation"]["finetune_steps"] == params.eval.finetune_steps
     for row in report["rows"]:
-        if row["model"] in selection:
-            assert row["temperature"] == selection[row["model"]]["temperature"], row["model"]
+        if row["model"] in ("pretrain", "scratch") or (row["model"], row["sampling"]) == ("meta", served):
+            chosen = selection[row["model"]][row["sampling"]]
+            assert (row["adapt_lr"], row["temperature"]) == (chosen["lr"], chosen["temperature"]), row
+        elif row["model"] == "meta":  # its other mode: at its served settings
+            assert (row["adapt_lr"], row["temperature"]) == (meta_choice["lr"], meta_choice["temperature"])
     replay = next(r for r in report["rows"] if r["model"] == "support_replay")
     assert replay["copy_rate"] == 1.0
     for row in report["rows"]:
@@ -152,8 +161,8 @@ def test_scratch_never_chooses_an_untrained_network(setup, digits_prepared: Path
             FinetuneGenerator("scratch", plain, None, steps=3)]
     val = load_split(digits_prepared, "val")
     val_feats = extractor.features(torch.from_numpy(val.images))
-    (pretrain, p_scores), (scratch, s_scores) = choose_settings(gens, val, val_feats, extractor, protocol,
-                                                                [0.0, 0.001], "support", max_copy_rate=0.0)
+    (pretrain, p_scores), (scratch, s_scores) = (by_mode["support"] for by_mode in choose_settings(
+        gens, val, val_feats, extractor, protocol, [0.0, 0.001], ("support",), max_copy_rate=0.0))
     assert {c["lr"] for c in p_scores} == {0.0, 0.001} and pretrain.lr in (0.0, 0.001)
     assert {c["lr"] for c in s_scores} == {0.001} and scratch.lr == 0.001
 
@@ -172,8 +181,9 @@ def test_the_choice_scores_the_generator_it_chooses(setup, digits_prepared: Path
     val = load_split(digits_prepared, "val")
     val_feats = extractor.features(torch.from_numpy(val.images))
     for limit in (-1.0, 0.0, 1.0):  # -1: every candidate copies
-        [(chosen, table)] = choose_settings([pretrain], val, val_feats, extractor, protocol, [0.0, 0.001],
-                                            "support", max_copy_rate=limit)
+        [by_mode] = choose_settings([pretrain], val, val_feats, extractor, protocol, [0.0, 0.001], ("support",),
+                                    max_copy_rate=limit)
+        chosen, table = by_mode["support"]
         honest = [c for c in table if c["copy_rate"] <= limit]
         best = (min(honest, key=lambda c: c["fid"]) if honest  # every candidate copies: the one that copies least
                 else min(table, key=lambda c: (c["copy_rate"], c["fid"])))
@@ -185,6 +195,50 @@ def test_the_choice_scores_the_generator_it_chooses(setup, digits_prepared: Path
         assert res.metrics[("support", cand["temperature"])]["fid"] == pytest.approx(cand["fid"], rel=1e-9)
     fids = {c["temperature"]: c["fid"] for c in table if c["lr"] == 0.001}
     assert fids[1.0] != fids[0.3]  # the temperature reaches the samples
+
+
+def test_each_sampling_mode_is_judged_at_the_settings_chosen_in_it(setup, digits_prepared: Path) -> None:  # noqa: ANN001
+    """A baseline's prior and support sampling are chosen each on its own meta-val table (its prior
+    rows were once sampled at the settings its support sampling chose), and scored at them: the
+    rows of modes sharing an lr (one adaptation, each mode at its temperature) are those of the
+    generator set to that mode's settings alone."""
+    from components.evaluation.evaluate import score_baselines
+    from components.evaluation.protocol import choose_settings
+    from components.meta.generators import MODES
+
+    params, test, learner, extractor, protocol, feats = setup
+    ev = make_params(*TINY, "eval.temperatures=[1.0, 0.3]").eval
+    choice_protocol = Protocol(ev, params.meta.k_shot, "val")
+    plain = ConvVAE(replace(learner.model.cfg, context_dim=0))
+    pretrain = FinetuneGenerator("pretrain", plain, param_dict(plain), steps=2)
+    val = load_split(digits_prepared, "val")
+    val_feats = extractor.features(torch.from_numpy(val.images))
+    [by_mode] = choose_settings([pretrain], val, val_feats, extractor, choice_protocol, [0.0, 0.001], MODES,
+                                max_copy_rate=1.0)
+    assert set(by_mode) == set(MODES)
+    for mode, (chosen, table) in by_mode.items():
+        best = min(table, key=lambda c: c["fid"])
+        assert (chosen.lr, chosen.temperature) == (best["lr"], best["temperature"]), mode
+    assert [c["fid"] for c in by_mode["prior"][1]] != [c["fid"] for c in by_mode["support"][1]]
+
+    def setting(lr: float, t: float) -> dict:
+        return {"lr": lr, "temperature": t, "nll_lr": None, "candidates": []}
+
+    selection = {"pretrain": {"prior": setting(0.0, 0.3), "support": setting(0.001, 1.0)},  # two lrs
+                 "scratch": {"prior": setting(0.001, 1.0), "support": setting(0.001, 0.3)}}  # one lr, two temperatures
+    scratch = FinetuneGenerator("scratch", plain, None, steps=3)
+    scores = score_baselines([pretrain, scratch], test, val, extractor, protocol, 1.0, selection=selection)
+    for gen in (pretrain, scratch):
+        for mode in MODES:
+            s = selection[gen.name][mode]
+            [row] = [r for r in scores.rows if (r["model"], r["sampling"]) == (gen.name, mode)]
+            [alone] = evaluate_generators([gen.with_settings(s["lr"], s["temperature"])], test, feats, extractor,
+                                          protocol, modes=(mode,))
+            assert (row["adapt_lr"], row["temperature"]) == (s["lr"], s["temperature"])
+            assert row["fid_mean"] == pytest.approx(alone.rows[0]["fid_mean"], rel=1e-9)
+            assert row["nll_mean"] == pytest.approx(alone.rows[0]["nll_mean"], rel=1e-9)
+            assert all(torch.equal(a, b) for a, b in zip(scores.samples[gen.name][mode], alone.samples[mode],
+                                                         strict=True))
 
 
 def test_each_model_s_likelihood_is_measured_at_the_lr_that_gives_it_the_best_one_on_meta_val(
@@ -202,8 +256,9 @@ def test_each_model_s_likelihood_is_measured_at_the_lr_that_gives_it_the_best_on
     val_feats = extractor.features(torch.from_numpy(val.images))
     lrs = [0.0, 0.01, 0.1]
     ev = make_params(*TINY, "eval.nll_choice_images=3").eval
-    [(chosen, table)] = choose_settings([pretrain], val, val_feats, extractor, Protocol(ev, params.meta.k_shot, "v"),
-                                        lrs, "support", max_copy_rate=1.0)
+    [by_mode] = choose_settings([pretrain], val, val_feats, extractor, Protocol(ev, params.meta.k_shot, "v"),
+                                lrs, ("support",), max_copy_rate=1.0)
+    chosen, table = by_mode["support"]
     nll = {c["lr"]: c["nll"] for c in table}
     assert set(nll) == set(lrs) and len(set(nll.values())) == len(lrs)  # every lr measured, each its own
     assert chosen.nll_lr == min(nll, key=nll.__getitem__)
@@ -219,8 +274,9 @@ def test_each_model_s_likelihood_is_measured_at_the_lr_that_gives_it_the_best_on
     row = evaluate_generators([both], test, feats, extractor, protocol)[0].rows[0]
     assert (row["adapt_lr"], row["nll_lr"]) == (sampling_lr, chosen.nll_lr)
     off = make_params(*TINY, "eval.nll_choice_images=0").eval
-    [(plain_choice, plain_table)] = choose_settings([pretrain], val, val_feats, extractor,
-                                                    Protocol(off, params.meta.k_shot, "v"), lrs, "support", 1.0)
+    [by_mode] = choose_settings([pretrain], val, val_feats, extractor, Protocol(off, params.meta.k_shot, "v"), lrs,
+                                ("support",), 1.0)
+    plain_choice, plain_table = by_mode["support"]
     assert plain_choice.nll_lr is None and {c["nll"] for c in plain_table} == {None}
 
 
@@ -254,16 +310,20 @@ def test_the_baselines_settings_choice_is_cached_apart_from_what_it_does_not_rea
     [choice] = list(cache.glob("baselines-choice-*.json"))
     made = json.loads(choice.read_text())
     assert made == json.loads(json.dumps(first.selection))
-    other_lr = next(lr for lr in (0.0, 0.001) if lr != made["pretrain"]["lr"])
-    choice.write_text(json.dumps({**made, "pretrain": {**made["pretrain"], "lr": other_lr}}))  # as if chosen so
+    other_lr = next(lr for lr in (0.0, 0.001) if lr != made["pretrain"]["support"]["lr"])
+    choice.write_text(json.dumps({**made, "pretrain": {mode: {**s, "lr": other_lr}  # as if chosen so
+                                                       for mode, s in made["pretrain"].items()}}))
     again = baseline_scores(make_params(*TINY, "eval.nll_samples=6", "eval.nll_max_images=3",
                                         "eval.repeats=1", "eval.max_classes=1"), digits_prepared, tmp_path / "features", cache)
     assert list(cache.glob("baselines-choice-*.json")) == [choice]
     assert {r["adapt_lr"] for r in again.rows if r["model"] == "pretrain"} == {other_lr}
-    assert {r["adapt_lr"] for r in first.rows if r["model"] == "pretrain"} == {made["pretrain"]["lr"]}
+    assert {(r["sampling"], r["adapt_lr"]) for r in first.rows if r["model"] == "pretrain"} == {
+        (mode, s["lr"]) for mode, s in made["pretrain"].items()}
     choice.write_text("{not json")
     assert _cached_choice(choice, ["pretrain", "scratch"]) is None
     choice.write_text(json.dumps({"pretrain": made["pretrain"]}))
+    assert _cached_choice(choice, ["pretrain", "scratch"]) is None
+    choice.write_text(json.dumps({name: made[name]["support"] for name in made}))  # a choice of one mode for all
     assert _cached_choice(choice, ["pretrain", "scratch"]) is None
 
 
