@@ -61,11 +61,15 @@ def ray_cluster() -> Iterator[object]:
     connected to it. The multi-node, Ray Train and Ray Tune tests share it, and the in-process flows
     that run after them find Ray connected (``init_ray`` reuses it) instead of starting their own:
     each start of a Ray costs 6-9 s of the suite. Train's controller polls its workers every 0.5 s
-    (the killed-worker test), set before the nodes start so that their processes inherit it."""
+    (the killed-worker test), and waits up to 600 s for a worker group's CPUs, both set before the
+    nodes start so that their processes inherit them."""
     import ray
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+    # a worker group waits for the CPUs the previous test's actors free: on a loaded machine that
+    # took over Ray's 60 s, and a Tune trial failed with WorkerGroupStartupTimeoutError
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
