@@ -86,6 +86,7 @@ class ModelParams(_Section):
     set_pool: Literal["mean", "mean_max"]  # the ladder's pooling of the supports' maps: their mean, or their mean and maximum
     context_warp: bool  # the ladder: an affine latent of each image warps the class context onto it before it is read
     global_latent: int = Field(ge=0)  # the ladder: a latent vector of this size above both grids (0: none)
+    pixel_scale: bool = False  # gaussian: the decoder predicts each pixel's scale (learned variance); false: one per channel
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
@@ -99,6 +100,8 @@ class ModelParams(_Section):
             raise ValueError("model.context_warp is for model.arch ladder (conv's context is a vector, not maps)")
         if self.global_latent and self.arch != "ladder":
             raise ValueError("model.global_latent is for model.arch ladder (conv's one latent is a vector already)")
+        if self.pixel_scale and self.likelihood != "gaussian":
+            raise ValueError("model.pixel_scale needs model.likelihood gaussian (a Bernoulli pixel has no scale)")
         return self
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.models.vae import LOGVAR_RANGE, VAEBase, VAEConfig, _log_normal, _norm
+from components.models.vae import LOGVAR_RANGE, PIXEL_LOG_SCALE_START, VAEBase, VAEConfig, _log_normal, _norm
 
 POOLS = ("mean", "mean_max")  # set_pool: how the supports' maps are pooled (each adds its maps' channels)
 WARP = 6  # context_warp: the affine latent's size (a 2 x 3 matrix)
@@ -108,15 +108,15 @@ class LadderVAE(VAEBase):
         self.dec1 = _Block(w + zc + cc, w, g)
         self.up1 = nn.Sequential(nn.ConvTranspose2d(w, w, 4, 2, 1), *([nn.SiLU(), nn.ConvTranspose2d(w, w, 4, 2, 1)]
                                                                       if stem else []))
-        self.out = nn.Conv2d(w + (ch if cc else 0), ch, 3, 1, 1)  # + the supports' mean image
+        self.out = nn.Conv2d(w + (ch if cc else 0), cfg.out_channels, 3, 1, 1)  # + the supports' mean image
         self.warps = bool(cfg.context_warp and cc)  # without a context there is nothing to warp
         if self.warps:  # q(w | x, c): from the image's and the context's coarse maps; zero-initialised: q = p at first
             self.post_w = nn.Sequential(nn.Conv2d(2 * w + cc, WARP_CHANNELS, 1), nn.SiLU(), nn.Flatten(),
                                         nn.Linear(WARP_CHANNELS * self.coarse**2, 2 * WARP))
             nn.init.zeros_(self.post_w[-1].weight)
             nn.init.zeros_(self.post_w[-1].bias)
-        if cfg.likelihood == "gaussian":
-            self.log_sigma = nn.Parameter(torch.full((ch,), -2.0))
+        if cfg.likelihood == "gaussian" and not cfg.pixel_scale:
+            self.log_sigma = nn.Parameter(torch.full((ch,), PIXEL_LOG_SCALE_START))
 
     def _vector_head(self, c_in: int, out: int) -> nn.Sequential:
         """Coarse maps to a vector: a 1x1 convolution to a few channels, flattened (so it sees where

@@ -39,6 +39,8 @@ CONTEXT = "context"  # the task-specific entry of a parameter dict (not a networ
 MEMORY = "memory"  # the supports' trunk features the decoder attends over (task data, never adapted)
 TASK_KEYS = (CONTEXT, MEMORY)
 LOGVAR_RANGE = (-10.0, 6.0)  # every Gaussian's log-variance is clamped to it
+PIXEL_LOG_SCALE_START = -2.0  # a discretized Gaussian pixel's log-scale at initialisation (sigma 0.14 of the range)
+MIN_LOG_SCALE = -5.0  # and its floor (sigma 1.7 bins): the likelihood is bounded by the bin anyway, the gradient is not
 ARCHS = ("conv", "ladder")  # ConvVAE (one latent vector an image) | LadderVAE (components.models.ladder)
 
 
@@ -57,12 +59,18 @@ class VAEConfig:
     set_pool: str = "mean"  # the ladder's pooling of the supports' maps: "mean" | "mean_max"
     context_warp: bool = False  # the ladder: an image's affine latent moves the class context onto it
     global_latent: int = 0  # the ladder: a latent vector of this size above both grids
+    pixel_scale: bool = False  # gaussian: the decoder's second half of channels is each pixel's log-scale
 
     @classmethod
     def from_params(cls, model: ModelParams, channels: int, image_size: int) -> VAEConfig:
         return cls(channels, image_size, model.latent_dim, model.width, model.likelihood, model.groupnorm_groups,
                    model.context_dim, model.kl_weight, model.support_attention, model.arch,
-                   model.set_pool, model.context_warp, model.global_latent)
+                   model.set_pool, model.context_warp, model.global_latent, model.pixel_scale)
+
+    @property
+    def out_channels(self) -> int:
+        """The decoder's output channels: the means (logits), and each pixel's log-scale with ``pixel_scale``."""
+        return self.channels * (2 if self.pixel_scale else 1)
 
 
 def _norm(groups: int, ch: int) -> nn.Module:
@@ -97,7 +105,7 @@ class VAEBase(nn.Module):
         return self.cfg.context_dim > 0
 
     def mean_image(self, out: Tensor) -> Tensor:
-        return torch.sigmoid(out)
+        return torch.sigmoid(out[:, : self.cfg.channels])
 
     def noise_scales(self, temperature: float, spatial_temperature: float | None = None) -> Tensor:
         """Each noise entry's scale in sampling, ``(noise_dim,)``: ``temperature`` everywhere;
@@ -108,12 +116,17 @@ class VAEBase(nn.Module):
 
     def log_likelihood(self, out: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image of the decoder's output ``out``: Bernoulli logits, or discretized
-        Gaussian means (pre-sigmoid) with the per-channel ``log_sigma``."""
+        Gaussian means (pre-sigmoid) with the per-channel ``log_sigma``, or with ``pixel_scale`` each
+        pixel's log-scale from the decoder (its channels after the means, offset by the same -2 start)."""
         if self.cfg.likelihood == "bernoulli":
             ll = -F.binary_cross_entropy_with_logits(out, x, reduction="none")
         else:
-            log_sigma = self.log_sigma.clamp(min=-5.0).view(1, -1, 1, 1)
-            ll = discretized_gaussian_log_prob(x, torch.sigmoid(out), log_sigma)
+            ch = self.cfg.channels
+            if self.cfg.pixel_scale:
+                log_sigma = (out[:, ch:] + PIXEL_LOG_SCALE_START).clamp(min=MIN_LOG_SCALE)
+            else:
+                log_sigma = self.log_sigma.clamp(min=MIN_LOG_SCALE).view(1, -1, 1, 1)
+            ll = discretized_gaussian_log_prob(x, torch.sigmoid(out[:, :ch]), log_sigma)
         return ll.flatten(1).sum(-1)
 
 
@@ -150,7 +163,7 @@ class ConvVAE(VAEBase):
             c_out = rev[i + 1] if i + 1 < len(rev) else cfg.width
             dec += [_norm(cfg.groupnorm_groups, c), nn.SiLU(), nn.ConvTranspose2d(c, c_out, 4, 2, 1)]
             self._film_channels.append(c)
-        dec += [nn.SiLU(), nn.Conv2d(cfg.width, cfg.channels, 3, 1, 1)]
+        dec += [nn.SiLU(), nn.Conv2d(cfg.width, cfg.out_channels, 3, 1, 1)]
         self.decoder = nn.Sequential(*dec)
         if ctx:
             hidden = 2 * feat if feat < 256 else 256
@@ -170,8 +183,8 @@ class ConvVAE(VAEBase):
             self.attn_out = nn.Linear(c0, c0)
             nn.init.zeros_(self.attn_out.weight)  # starts as the decoder without attention
             nn.init.zeros_(self.attn_out.bias)
-        if cfg.likelihood == "gaussian":
-            self.log_sigma = nn.Parameter(torch.full((cfg.channels,), -2.0))
+        if cfg.likelihood == "gaussian" and not cfg.pixel_scale:
+            self.log_sigma = nn.Parameter(torch.full((cfg.channels,), PIXEL_LOG_SCALE_START))
 
     @property
     def attends(self) -> bool:

@@ -197,3 +197,12 @@ def test_a_bad_overlay_is_refused_and_params_yaml_is_untouched(tmp_path: Path) -
     with pytest.raises(ParamsError, match=r"params file not found: .*missing.yaml"):
         apply_overlay(target, tmp_path / "missing.yaml")
     assert target.read_text() == before
+
+
+def test_pixel_scale_needs_the_gaussian_likelihood(tmp_path: Path) -> None:
+    raw = base_raw()
+    raw["model"]["pixel_scale"] = True  # with the Bernoulli likelihood
+    with pytest.raises(ParamsError, match=r"model: model\.pixel_scale needs model\.likelihood gaussian"):
+        load_params(write(tmp_path, raw))
+    raw["model"].update(likelihood="gaussian", binarize=False)
+    assert load_params(write(tmp_path, raw)).model.pixel_scale

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from components.models.vae import ConvVAE, VAEConfig, build_vae, decode, iwae_nll, param_dict
+from components.models.vae import ConvVAE, VAEConfig, build_vae, decode, iwae_nll, neg_elbo, param_dict
 
 
 def _exact_nll_and_posterior(model: ConvVAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -86,3 +86,33 @@ def test_the_channels_last_nll_is_the_contiguous_one(attention: bool) -> None:
     nchw = iwae_nll(model, params, x, generator=torch.Generator().manual_seed(4), layout="contiguous", **kw)
     assert cl.shape == (7,) and torch.isfinite(cl).all()
     torch.testing.assert_close(cl, nchw, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["conv", "ladder"])
+def test_pixel_scale_reads_each_pixels_scale_from_the_decoder(arch: str) -> None:
+    """``model.pixel_scale``: the decoder's channels after the means are each pixel's log-scale, so
+    the likelihood is the discretized Gaussian of each pixel at its own scale (a probability over
+    its 256 levels, as the per-channel one), and the scale is learned with the decoder."""
+    from components.models.vae import MIN_LOG_SCALE, PIXEL_LOG_SCALE_START, discretized_gaussian_log_prob
+
+    cfg = VAEConfig(3, 32, 4, 8, "gaussian", 4, arch=arch, pixel_scale=True)
+    model = build_vae(cfg, seed=0).double()
+    assert not hasattr(model, "log_sigma")  # no per-channel scale beside the decoder's
+    x = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(1)).double() / 255
+    out = torch.randn(4, 6, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    log_sigma = (out[:, 3:] + PIXEL_LOG_SCALE_START).clamp(min=MIN_LOG_SCALE)
+    expected = discretized_gaussian_log_prob(x, torch.sigmoid(out[:, :3]), log_sigma).flatten(1).sum(-1)
+    assert torch.allclose(model.log_likelihood(out, x), expected)
+    assert torch.equal(model.mean_image(out), torch.sigmoid(out[:, :3]))
+    wider = out.clone()
+    wider[:, 3:] += 1.0  # the same means, every pixel's scale e times wider: another likelihood
+    assert not torch.allclose(model.log_likelihood(wider, x), expected)
+    params = param_dict(model)
+    nll = iwae_nll(model, params, x, 4, torch.Generator().manual_seed(3))
+    assert nll.shape == (4,) and bool((nll > 0).all())
+    eps = torch.randn(4, model.noise_dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    weights = {k: v.detach().requires_grad_() for k, v in params.items()}
+    neg_elbo(model, weights, x, eps).mean().backward()
+    last = f"decoder.{len(model.decoder) - 1}.weight" if arch == "conv" else "out.weight"
+    assert weights[last].shape[0] == 6
+    assert float(weights[last].grad[3:].abs().sum()) > 0  # the scale channels learn
