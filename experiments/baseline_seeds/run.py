@@ -4,7 +4,9 @@ evaluation's as it caches it), then its NLL on the meta-test classes exactly as 
 measures a row's (its repeats' episodes, held-out images, importance samples and proposal, the
 fine-tuning lr the evaluation chose for its likelihood), in nats an image and bits per dimension.
 With ``--meta`` the checkpoint's meta-model is scored the same way beside it. The seed of the
-pipeline's run reproduces its table's row: the check that this is the same measure.
+pipeline's run reproduces its table's row: the check that this is the same measure. With
+``--split val`` the same measure on the meta-val people the settings choice reads (where a model
+change is decided), at the ``--lrs`` given (each model's best of them is its figure).
 
 It chooses nothing: it says whether a likelihood margin between the meta-model and ``pretrain`` is
 larger than what another initialisation of the baseline alone moves. Prints JSON. Run in a project
@@ -23,28 +25,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.evaluation.evaluate import EvalContext, bits_per_dim, eval_context, reference_pretrain
-from components.evaluation.protocol import ClassJob, adapt_class, class_seed, draw_episode, nll_seed, repeat_seeds
+from components.data.prepare import Split
+from components.evaluation.evaluate import (
+    EvalContext,
+    bits_per_dim,
+    eval_context,
+    reference_pretrain,
+)
+from components.evaluation.protocol import (
+    ClassJob,
+    adapt_class,
+    class_seed,
+    draw_episode,
+    nll_seed,
+    repeat_seeds,
+)
 from components.meta.adaptation import AdaptationRule
-from components.meta.generators import FewShotGenerator, FinetuneGenerator, MetaGenerator
+from components.meta.generators import (
+    FewShotGenerator,
+    FinetuneGenerator,
+    MetaGenerator,
+)
 from components.meta.trainer import load_learner
 from components.models.vae import param_dict
 from components.params import EvalParams, Params
 from components.threads import figure_threads, torch_threads
 
 
-def heldout_nll(gen: FewShotGenerator, ctx: EvalContext, ev: EvalParams) -> dict[str, float]:
+def heldout_nll(gen: FewShotGenerator, ctx: EvalContext, ev: EvalParams, split: Split) -> dict[str, float]:
     """Mean over the repeats of the mean over classes, and its std over the repeats (a row's)."""
     per_repeat = []
     for seed in repeat_seeds(ctx.protocol):
-        episode = draw_episode(ctx.test, ctx.protocol.k_shot, seed)
-        nlls = [adapt_class([gen], ClassJob(0, torch.from_numpy(ctx.test.images[episode.supports[c]]),
-                                            torch.from_numpy(ctx.test.images[episode.heldout[c][:ev.nll_max_images]]),
+        episode = draw_episode(split, ctx.protocol.k_shot, seed)
+        nlls = [adapt_class([gen], ClassJob(0, torch.from_numpy(split.images[episode.supports[c]]),
+                                            torch.from_numpy(split.images[episode.heldout[c][:ev.nll_max_images]]),
                                             ev.samples_per_class, (), ev.nll_samples, tuple(ev.nll_proposal_scales),
                                             class_seed(seed, c), nll_seed(seed, c), ctx.protocol.binarized)).nll
-                for c in range(len(ctx.test.classes))]
+                for c in range(len(split.classes))]
         per_repeat.append(float(np.mean(nlls)))
-    dims = int(np.prod(ctx.test.images.shape[1:]))
+    dims = int(np.prod(split.images.shape[1:]))
     mean, std = float(np.mean(per_repeat)), float(np.std(per_repeat))
     return {"nll_nats": mean, "nll_nats_std": std, "bits_per_dim": bits_per_dim(mean, dims),
             "bits_per_dim_std": bits_per_dim(std, dims)}
@@ -59,26 +78,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", type=Path, default=Path("reports/eval.json"),
                     help="the evaluation's report: each model's likelihood lr")
     ap.add_argument("--meta", action="store_true", help="score the checkpoint's meta-model too")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="test: the evaluation's test classes; val: its settings choice's meta-val classes")
+    ap.add_argument("--lrs", type=float, nargs="+", default=None,
+                    help="fine-tuning lrs to score every model at (default: each model's likelihood lr in --report)")
     args = ap.parse_args(argv)
     restored = load_learner(args.checkpoint)
     params = Params.model_validate(restored.params)
     ev = params.eval
-    rows = {row["model"]: row for row in json.loads(args.report.read_text())["rows"]}
+    rows = {} if args.lrs else {row["model"]: row for row in json.loads(args.report.read_text())["rows"]}
     t0 = time.perf_counter()
-    out: dict = {"classes": None, "repeats": ev.repeats, "pretrain": {}}
+    out: dict = {"split": args.split, "classes": None, "repeats": ev.repeats, "pretrain": {}}
     with torch_threads(figure_threads(params.train)):  # the evaluation's threads: its figures
         ctx = eval_context(params, args.prepared, args.features)
-        out["classes"] = len(ctx.test.classes)
-        lr = rows["pretrain"]["nll_lr"]
+        split = ctx.test if args.split == "test" else ctx.choice
+        out["classes"] = len(split.classes)
+
+        def best(gen: FewShotGenerator, lrs: list[float]) -> dict:
+            scored = [{"lr": lr, **heldout_nll(gen.with_settings(lr, ev.temperatures[0]), ctx, ev, split)} for lr in lrs]
+            return {**min(scored, key=lambda r: r["nll_nats"]), "by_lr": scored}
+
         for seed in args.seeds:
             seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
             model = reference_pretrain(seeded, args.prepared, args.checkpoint.parent)
-            gen = FinetuneGenerator("pretrain", model, param_dict(model), ev.finetune_steps, lr=lr)
-            out["pretrain"][str(seed)] = {"lr": lr, **heldout_nll(gen, ctx, ev)}
+            gen = FinetuneGenerator("pretrain", model, param_dict(model), ev.finetune_steps)
+            out["pretrain"][str(seed)] = best(gen, args.lrs or [rows["pretrain"]["nll_lr"]])
         if args.meta:
-            meta = MetaGenerator(restored.learner, AdaptationRule.from_params(params)).with_settings(
-                rows["meta"]["nll_lr"], ev.temperatures[0])
-            out["meta"] = {"lr": rows["meta"]["nll_lr"], **heldout_nll(meta, ctx, ev)}
+            meta = MetaGenerator(restored.learner, AdaptationRule.from_params(params))
+            out["meta"] = best(meta, args.lrs or [rows["meta"]["nll_lr"]])
     bpd = [v["bits_per_dim"] for v in out["pretrain"].values()]
     out["pretrain_spread_bits_per_dim"] = float(max(bpd) - min(bpd))
     out["seconds"] = round(time.perf_counter() - t0, 1)
