@@ -124,7 +124,7 @@ def domain_accuracy(evaluation: EvalParams, features_dir: Path) -> float:
 def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir: Path, data_key: str) -> ConvVAE:
     """The ``pretrain`` baseline's joint VAE, cached on (data, model, pretrain params)."""
     key = hashlib.sha256(json.dumps({
-        "data": data_key, "vae": cfg.__dict__, "steps": params.train.pretrain_steps,
+        "data": data_key, "vae": cfg.cache_key(), "steps": params.train.pretrain_steps,
         "batch": params.train.pretrain_batch_size, "lr": params.eval.pretrain_lr, "seed": params.train.seed,
         **({"binarize": True} if params.model.binarize else {}),  # (absent when off: the caches made before it hold)
         **({"lr_schedule": params.train.lr_schedule} if params.train.lr_schedule != "constant" else {}),
@@ -310,7 +310,7 @@ def baselines_key(params: Params, manifest: dict[str, Any], protocol: Protocol, 
     blob = {
         "version": CHOICE_CACHE_VERSION if choice else BASELINES_CACHE_VERSION, "data": {k: splits[k]["sha256"] for k in ("train", "val", "test")},
         "protocol": protocol.choice_digest if choice else protocol.digest, "choice": choice,
-        "extractor": extractor_digest, "vae": cfg.__dict__,
+        "extractor": extractor_digest, "vae": cfg.cache_key(),
         "baselines": {k: getattr(ev, k) for k in ("finetune_lrs", "lr_choice_classes", "finetune_steps",
                                                    "scratch_steps", "pretrain_lr")},
         "pretrain": {"steps": params.train.pretrain_steps, "batch": params.train.pretrain_batch_size,

@@ -67,6 +67,11 @@ class VAEConfig:
                    model.context_dim, model.kl_weight, model.support_attention, model.arch,
                    model.set_pool, model.context_warp, model.global_latent, model.pixel_scale)
 
+    def cache_key(self) -> dict[str, object]:
+        """The fields a cached model is keyed on: ``pixel_scale`` absent when off, so the caches made
+        before it existed still hold."""
+        return {k: v for k, v in self.__dict__.items() if not (k == "pixel_scale" and not v)}
+
     @property
     def out_channels(self) -> int:
         """The decoder's output channels: the means (logits), and each pixel's log-scale with ``pixel_scale``."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -96,6 +97,8 @@ def test_pixel_scale_reads_each_pixels_scale_from_the_decoder(arch: str) -> None
     from components.models.vae import MIN_LOG_SCALE, PIXEL_LOG_SCALE_START, discretized_gaussian_log_prob
 
     cfg = VAEConfig(3, 32, 4, 8, "gaussian", 4, arch=arch, pixel_scale=True)
+    assert cfg.cache_key()["pixel_scale"] is True  # its caches apart from the per-channel model's,
+    assert "pixel_scale" not in replace(cfg, pixel_scale=False).cache_key()  # whose caches predate the option
     model = build_vae(cfg, seed=0).double()
     assert not hasattr(model, "log_sigma")  # no per-channel scale beside the decoder's
     x = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(1)).double() / 255
