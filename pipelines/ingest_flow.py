@@ -49,7 +49,10 @@ def ingest(root: str = ".", params_path: str = "params.yaml", overrides: list[st
     # a cached result says "the data was there": with no prepared data (a fresh clone, even at the
     # path of a deleted one) the task runs whatever the cache holds
     task_ = ingest_data if present else ingest_data.with_options(refresh_cache=True)
-    return task_(
+    result = task_(
         str(base), params, params.data.model_dump(mode="json"), source_fingerprint(params.data),
         raw_md5(base), current.prepared_md5, present,
     )
+    # the cache is keyed on the data, not on git: the commit and its state are read now
+    now = data_version(base, params.data.prepared_dir)
+    return {**result, "git_commit": now.git_commit, "git_dirty": now.git_dirty}

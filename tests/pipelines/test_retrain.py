@@ -254,3 +254,23 @@ def test_ingest_at_the_path_of_a_deleted_clone_rebuilds_the_data(prefect_api: st
         (project / gone).unlink(missing_ok=True)
     ingest(str(project), "params.yaml", TINY)
     assert (project / "prepared" / "manifest.json").is_file()
+
+
+def test_a_cached_ingest_reports_the_commit_checked_out_now(prefect_api: str, project: Path) -> None:
+    """Prefect's cached ingest result is keyed on the data, not on git: at the same path and data
+    but another commit (a re-created project, or new code) it named the commit of the run that
+    cached it, so the scheduled run compared a stale commit with the champion's."""
+    import subprocess
+
+    from pipelines.ingest_flow import ingest
+
+    ingest(str(project), "params.yaml", TINY)
+    ingest(str(project), "params.yaml", TINY)  # with the data present: the result Prefect caches
+    (project / "NOTES.md").write_text("another commit\n")
+    subprocess.run(["git", "add", "NOTES.md"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "notes"], cwd=project, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    again = ingest(str(project), "params.yaml", TINY)  # answered from the cache
+    assert not again["data_changed"]
+    assert again["git_commit"] == head and again["git_dirty"] is False
