@@ -92,8 +92,6 @@ class ModelParams(_Section):
     def _check(self) -> ModelParams:
         if self.binarize and self.likelihood != "bernoulli":
             raise ValueError("model.binarize needs model.likelihood bernoulli (the likelihood of binary pixels)")
-        if self.arch == "ladder" and self.support_attention:
-            raise ValueError("model.support_attention is for model.arch conv (the ladder reads the supports at every scale)")
         if self.set_pool != "mean" and self.arch != "ladder":
             raise ValueError(f"model.set_pool {self.set_pool!r} is for model.arch ladder (conv pools the supports by their mean)")
         if self.context_warp and self.arch != "ladder":

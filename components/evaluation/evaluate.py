@@ -147,7 +147,7 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
 
 def baseline_vae_config(params: Params, train: Split) -> VAEConfig:
     """The baselines' VAE: the meta-model's architecture without the class context, trained on the ELBO."""
-    return replace(vae_config(params.model, train), context_dim=0, kl_weight=1.0)
+    return replace(vae_config(params.model, train), context_dim=0, kl_weight=1.0, support_attention=False)
 
 
 def reference_pretrain(params: Params, prepared_dir: Path, cache_dir: Path) -> ConvVAE:

@@ -16,15 +16,20 @@ import torch
 
 from components.meta.algorithms import AlgoConfig, adapt_keys, key_shape, meta_gradients
 from components.meta.tasks import TaskBatch
-from components.models.vae import CONTEXT, VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict, sample, with_context
+from components.models.vae import (CONTEXT, MEMORY, VAEConfig, build_vae, iwae_nll, neg_elbo, param_dict, sample,
+                                   with_context)
 from tests.components.meta.reference_loop import meta_gradients_loop
 
 
 def _model(context: int = 4, likelihood: str = "bernoulli", size: int = 28, pool: str = "mean",  # noqa: ANN202
-           warp: bool = False, glob: int = 0):
+           warp: bool = False, glob: int = 0, attention: bool = False):
     cfg = VAEConfig(1, size, 2, 4, likelihood, 2, context, arch="ladder", set_pool=pool, context_warp=warp,
-                    global_latent=glob)
+                    global_latent=glob, support_attention=attention)
     model = build_vae(cfg, seed=0).double()
+    with torch.no_grad():  # the attention's output starts at zero: move it so its path is exercised
+        for name, p in model.named_parameters():
+            if name.startswith("attn.out."):
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
     return model, param_dict(model)
 
 
@@ -89,6 +94,69 @@ def test_batched_context_step_equals_loop(algo: str, pool: str, warp: bool, glob
     assert abs(float(l1 - l2)) <= 1e-10
     assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-8
     assert float(g1["set1.conv2.weight"].abs().max()) > 0  # the set encoder is trained
+
+
+def test_support_attention_reads_each_support_and_its_meta_gradients_are_exact() -> None:
+    """``support_attention`` on the ladder: the memory is the supports' trunk maps (one row a
+    support); the ELBO is the same for shuffled supports and another for another class's maps under
+    the same context; the batched meta-step is the loop's gradient (the memory dropped with the
+    context), second order against finite differences; the IWAE estimate and sampling read it; the
+    baselines' architecture (no set) has no attention."""
+    from dataclasses import replace
+
+    from components.evaluation.evaluate import baseline_vae_config
+    from tests.conftest import make_params
+
+    model, params = _model(warp=True, glob=3, attention=True)
+    batch = _batch(model, k=3)
+    support, x, eps = batch.support[0], batch.query[0], batch.eps_query[0]
+    start = with_context(model, params, support)
+    assert start[MEMORY].shape == (3, 4 * 14 * 14 + 8 * 7 * 7)  # each support's trunk maps (the coarse ones are read)
+    shuffled = with_context(model, params, support[torch.tensor([2, 0, 1])])
+    a = neg_elbo(model, start, x, eps)
+    assert torch.allclose(a, neg_elbo(model, shuffled, x, eps), atol=1e-10)
+    other = {**start, MEMORY: with_context(model, params, batch.support[1])[MEMORY]}
+    assert float((neg_elbo(model, other, x, eps) - a).abs().max()) > 1e-6
+    plain, _ = _model(warp=True, glob=3)  # the same weights but the attention's: it is what moves the ELBO
+    assert float((neg_elbo(plain, {k: v for k, v in start.items() if k != MEMORY and "attn" not in k}, x, eps)
+                  - a).abs().max()) > 1e-6
+    with pytest.raises(ValueError, match="memory"):
+        neg_elbo(model, {k: v for k, v in start.items() if k != MEMORY}, x, eps)
+    for algo in ("maml", "fomaml"):
+        cfg = AlgoConfig(algo, 2, 0.3, adapt_keys(model, "context"))  # type: ignore[arg-type]
+        dropped = replace(_batch(model, b=3), keep_context=torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+        l1, g1 = meta_gradients(model, params, None, dropped, cfg, impl="batched")
+        l2, g2 = meta_gradients_loop(model, params, None, dropped, cfg)
+        assert abs(float(l1 - l2)) <= 1e-10
+        assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-8
+        assert float(g1["attn.q.weight"].abs().max()) > 0 and float(g1["attn.pos"].abs().max()) > 0
+    cfg = AlgoConfig("maml", 2, 0.5, adapt_keys(model, "context"))
+    b = _batch(model)
+    _, g = meta_gradients_loop(model, params, None, b, cfg)
+    direction = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(1), dtype=v.dtype)
+                 for k, v in params.items()}
+    h = 1e-5
+
+    def loss_at(sign: float) -> float:
+        return float(meta_gradients(model, {k: v + sign * h * direction[k] for k, v in params.items()}, None, b, cfg,
+                                    impl="batched")[0])
+
+    numeric = (loss_at(1) - loss_at(-1)) / (2 * h)
+    assert sum(float((g[k] * direction[k]).sum()) for k in params) == pytest.approx(numeric, rel=1e-4, abs=1e-9)
+    nll = iwae_nll(model, start, x, 50, torch.Generator().manual_seed(0))
+    assert nll.shape == (2,) and bool(torch.isfinite(nll).all())
+    for mode in ("prior", "support"):
+        one = sample(model, start, 3, torch.Generator().manual_seed(0), mode, support, 0.8)
+        two = sample(model, other, 3, torch.Generator().manual_seed(0), mode, support, 0.8)
+        assert one.shape == (3, 1, 28, 28) and float((one - two).abs().max()) > 1e-6
+    import numpy as np
+
+    from components.data.prepare import Split
+
+    with_set = make_params("model.arch=ladder", "model.support_attention=true", "model.context_dim=4")
+    split = Split(np.zeros((2, 1, 28, 28), dtype=np.float32), np.zeros(2, dtype=np.int64), ["a"])
+    baseline = baseline_vae_config(with_set, split)
+    assert baseline.context_dim == 0 and not build_vae(baseline, seed=0).attends
 
 
 @pytest.mark.parametrize("algo", ["maml", "reptile"])
