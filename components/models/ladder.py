@@ -38,13 +38,12 @@ hierarchy without the set: the baselines' architecture.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.models.vae import LOGVAR_RANGE, PIXEL_LOG_SCALE_START, VAEBase, VAEConfig, _log_normal, _norm
+from components.models.vae import (LOGVAR_RANGE, PIXEL_LOG_SCALE_START, VAEBase, VAEConfig, _log_normal, _norm,
+                                   attention_read)
 
 POOLS = ("mean", "mean_max")  # set_pool: how the supports' maps are pooled (each adds its maps' channels)
 WARP = 6  # context_warp: the affine latent's size (a 2 x 3 matrix)
@@ -84,17 +83,9 @@ class _SupportAttention(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, h: Tensor, tokens: Tensor) -> Tensor:
-        """``h`` ``(n, c, s, s)`` plus what it reads from ``tokens`` ``(G, K * s * s, c)``: the n rows are
-        G contiguous groups, one per task (keys and values computed once a task, not once an image)."""
-        n, c = h.shape[:2]
-        groups = tokens.shape[0]
-        if n % groups:
-            raise ValueError(f"{n} rows cannot be split into the memory's {groups} groups")
-        q = (self.q(h.flatten(2).transpose(1, 2)) + self.pos).reshape(groups, -1, c)  # (G, n/G * P, c)
-        keys = self.k(tokens) + self.pos.repeat(tokens.shape[1] // self.pos.shape[0], 1)
-        weights = torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(c), dim=-1)
-        read = self.out((weights @ self.v(tokens)).reshape(n, -1, c))  # (n, P, c)
-        return h + read.transpose(1, 2).reshape(h.shape)
+        """``h`` ``(n, c, s, s)`` plus what it reads from ``tokens`` ``(G, K * s * s, c)`` (n rows in G
+        contiguous groups, one per task)."""
+        return h + attention_read(h, tokens, self.q, self.k, self.v, self.pos, self.out)
 
 
 def _cat(*maps: Tensor | None) -> Tensor:

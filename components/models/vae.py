@@ -236,23 +236,11 @@ class ConvVAE(VAEBase):
     def _attend(self, h: Tensor, memory: Tensor | None) -> Tensor:
         """What each position of the decoder's coarsest map ``h`` ``(n, c, b, b)`` reads from the
         supports' memory: ``(M, c)`` for every row, or ``(G, M, c)`` for G contiguous groups of
-        rows (the tasks of a batched meta-step; keys and values are then computed once per task,
-        not per image). Single-head dot-product attention, positions learned for the queries and
-        the supports' tokens alike."""
+        rows (the tasks of a batched meta-step)."""
         if memory is None:
             raise ValueError("a decoder with support attention needs the supports' memory")
-        n, c = h.shape[:2]
         mem = memory if memory.dim() == 3 else memory.unsqueeze(0)  # (G, M, c)
-        groups = mem.shape[0]
-        if n % groups:
-            raise ValueError(f"{n} rows cannot be split into the memory's {groups} groups")
-        pos = self.attn_pos
-        q = (self.attn_q(h.flatten(2).transpose(1, 2)) + pos).reshape(groups, -1, c)  # (G, n/G * P, c)
-        keys = self.attn_k(mem) + pos.repeat(mem.shape[1] // pos.shape[0], 1)
-        values = self.attn_v(mem)
-        weights = torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(c), dim=-1)  # (G, n/G * P, M)
-        read = self.attn_out((weights @ values).reshape(n, -1, c))  # (n, P, c)
-        return read.transpose(1, 2).reshape(h.shape)
+        return attention_read(h, mem, self.attn_q, self.attn_k, self.attn_v, self.attn_pos, self.attn_out)
 
     def prior(self, context: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of p(z | c) (standard normal for the unconditional VAE)."""
@@ -339,6 +327,23 @@ class ConvVAE(VAEBase):
             comps = torch.stack([_log_normal(z, mu, logvar + 2.0 * torch.log(c)) for c in scales])  # (J, S, n)
             log_qz = torch.logsumexp(comps + torch.log(counts.to(comps) / s).view(-1, 1, 1), dim=0)
         return log_px + log_pz - log_qz
+
+
+def attention_read(h: Tensor, tokens: Tensor, q: nn.Module, k: nn.Module, v: nn.Module, pos: Tensor,
+                   out: nn.Module) -> Tensor:
+    """What each position of a decoder map ``h`` ``(n, c, s, s)`` reads from the supports' ``tokens``
+    ``(G, K * s * s, c)``, ``(n, c, s, s)``: the n rows are G contiguous groups, one per task (keys
+    and values computed once a task, not once an image). Single-head dot-product attention, the
+    learned positions ``pos`` ``(s * s, c)`` added to the queries and to every support's tokens alike."""
+    n, c = h.shape[:2]
+    groups = tokens.shape[0]
+    if n % groups:
+        raise ValueError(f"{n} rows cannot be split into the memory's {groups} groups")
+    queries = (q(h.flatten(2).transpose(1, 2)) + pos).reshape(groups, -1, c)  # (G, n/G * P, c)
+    keys = k(tokens) + pos.repeat(tokens.shape[1] // pos.shape[0], 1)
+    weights = torch.softmax(queries @ keys.transpose(-1, -2) / math.sqrt(c), dim=-1)  # (G, n/G * P, M)
+    read = out((weights @ v(tokens)).reshape(n, -1, c))  # (n, P, c)
+    return read.transpose(1, 2).reshape(h.shape)
 
 
 PIXEL_LEVELS = 256  # 8-bit images: x in {0, 1/255, ..., 1}
