@@ -226,11 +226,12 @@ class FinetuneGenerator:
 
 def pretrain_vae(
     cfg: VAEConfig, images: np.ndarray, steps: int, batch_size: int, lr: float, seed: int, binary: bool = False,
-    schedule: Schedule = "constant",
+    schedule: Schedule = "constant", grad_clip: float | None = None,
 ) -> tuple[ConvVAE, list[float]]:
     """The ``pretrain`` baseline: one VAE trained on all meta-train images (Adam, seeded;
     ``binary``: each batch a fresh binary draw, as the meta-model's tasks; ``schedule``: the
-    rate over the steps, as the meta-model's)."""
+    rate over the steps, as the meta-model's; ``grad_clip``: the gradient's norm clipped to it, as
+    the meta-model's outer step clips to ``meta.grad_clip``; None: not clipped, the pipeline's)."""
     model = build_vae(cfg, seed)
     data = torch.from_numpy(images)
     gen = torch.Generator().manual_seed(seed)
@@ -245,6 +246,8 @@ def pretrain_vae(
         loss = model(x, eps).mean() / model.num_pixels
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         if step % 50 == 0 or step == steps - 1:
             losses.append(float(loss.detach()) * model.num_pixels)

@@ -6,7 +6,10 @@ fine-tuning lr the evaluation chose for its likelihood), in nats an image and bi
 With ``--meta`` the checkpoint's meta-model is scored the same way beside it. The seed of the
 pipeline's run reproduces its table's row: the check that this is the same measure. With
 ``--split val`` the same measure on the meta-val people the settings choice reads (where a model
-change is decided), at the ``--lrs`` given (each model's best of them is its figure).
+change is decided), at the ``--lrs`` given (each model's best of them is its figure). With
+``--grad-clip N`` each baseline is trained here (not cached) with its gradient's norm clipped to
+N, as the meta-model's outer step clips to ``meta.grad_clip``: whether the baseline's
+initialisation spread comes from unclipped gradient spikes.
 
 It chooses nothing: it says whether a likelihood margin between the meta-model and ``pretrain`` is
 larger than what another initialisation of the baseline alone moves. Prints JSON. Run in a project
@@ -25,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.data.prepare import Split
+from components.data.prepare import Split, load_split
 from components.evaluation.evaluate import (
     EvalContext,
+    baseline_vae_config,
     bits_per_dim,
     eval_context,
     reference_pretrain,
@@ -45,9 +49,10 @@ from components.meta.generators import (
     FewShotGenerator,
     FinetuneGenerator,
     MetaGenerator,
+    pretrain_vae,
 )
 from components.meta.trainer import load_learner
-from components.models.vae import param_dict
+from components.models.vae import ConvVAE, param_dict
 from components.params import EvalParams, Params
 from components.threads import figure_threads, torch_threads
 
@@ -69,6 +74,14 @@ def heldout_nll(gen: FewShotGenerator, ctx: EvalContext, ev: EvalParams, split: 
             "bits_per_dim_std": bits_per_dim(std, dims)}
 
 
+def clipped_pretrain(params: Params, prepared: Path, grad_clip: float) -> ConvVAE:
+    """The ``pretrain`` baseline as the pipeline trains it, its gradient's norm clipped to ``grad_clip``."""
+    t, train = params.train, load_split(prepared, "train")
+    model, _ = pretrain_vae(baseline_vae_config(params, train), train.images, t.pretrain_steps, t.pretrain_batch_size,
+                            params.eval.pretrain_lr, t.seed, params.model.binarize, t.lr_schedule, grad_clip)
+    return model
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", required=True, help="train.seed of each pretrain baseline")
@@ -82,13 +95,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="test: the evaluation's test classes; val: its settings choice's meta-val classes")
     ap.add_argument("--lrs", type=float, nargs="+", default=None,
                     help="fine-tuning lrs to score every model at (default: each model's likelihood lr in --report)")
+    ap.add_argument("--grad-clip", type=float, default=None,
+                    help="train each baseline here with its gradient norm clipped to this (default: the pipeline's, unclipped)")
     args = ap.parse_args(argv)
     restored = load_learner(args.checkpoint)
     params = Params.model_validate(restored.params)
     ev = params.eval
     rows = {} if args.lrs else {row["model"]: row for row in json.loads(args.report.read_text())["rows"]}
     t0 = time.perf_counter()
-    out: dict = {"split": args.split, "classes": None, "repeats": ev.repeats, "pretrain": {}}
+    out: dict = {"split": args.split, "classes": None, "repeats": ev.repeats, "grad_clip": args.grad_clip, "pretrain": {}}
     with torch_threads(figure_threads(params.train)):  # the evaluation's threads: its figures
         ctx = eval_context(params, args.prepared, args.features)
         split = ctx.test if args.split == "test" else ctx.choice
@@ -100,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
 
         for seed in args.seeds:
             seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
-            model = reference_pretrain(seeded, args.prepared, args.checkpoint.parent)
+            model = (reference_pretrain(seeded, args.prepared, args.checkpoint.parent) if args.grad_clip is None
+                     else clipped_pretrain(seeded, args.prepared, args.grad_clip))
             gen = FinetuneGenerator("pretrain", model, param_dict(model), ev.finetune_steps)
             out["pretrain"][str(seed)] = best(gen, args.lrs or [rows["pretrain"]["nll_lr"]])
         if args.meta:
