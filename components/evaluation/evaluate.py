@@ -122,9 +122,11 @@ def domain_accuracy(evaluation: EvalParams, features_dir: Path) -> float:
 
 
 def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir: Path, data_key: str) -> ConvVAE:
-    """The ``pretrain`` baseline's joint VAE, cached on (data, model, pretrain params)."""
+    """The ``pretrain`` baseline's joint VAE, cached on (data, model, pretrain params). Its gradient's
+    norm is clipped to ``meta.grad_clip`` as the meta-model's outer step is: the same recipe (on faces
+    the unclipped baseline's gradient spikes cost it 0.37 bits/dim on meta-val, docs/results/faces.md)."""
     key = hashlib.sha256(json.dumps({
-        "data": data_key, "vae": cfg.cache_key(), "steps": params.train.pretrain_steps,
+        "data": data_key, "vae": cfg.cache_key(), "steps": params.train.pretrain_steps, "grad_clip": params.meta.grad_clip,
         "batch": params.train.pretrain_batch_size, "lr": params.eval.pretrain_lr, "seed": params.train.seed,
         **({"binarize": True} if params.model.binarize else {}),  # (absent when off: the caches made before it hold)
         **({"lr_schedule": params.train.lr_schedule} if params.train.lr_schedule != "constant" else {}),
@@ -138,7 +140,7 @@ def pretrained_baseline(params: Params, cfg: VAEConfig, train: Split, cache_dir:
     with torch_threads(figure_threads(params.train)):
         model, _ = pretrain_vae(cfg, train.images, params.train.pretrain_steps, params.train.pretrain_batch_size,
                                 params.eval.pretrain_lr, params.train.seed, params.model.binarize,
-                                params.train.lr_schedule)
+                                params.train.lr_schedule, params.meta.grad_clip)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         torch.save(model.state_dict(), tmp)

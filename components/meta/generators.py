@@ -231,7 +231,7 @@ def pretrain_vae(
     """The ``pretrain`` baseline: one VAE trained on all meta-train images (Adam, seeded;
     ``binary``: each batch a fresh binary draw, as the meta-model's tasks; ``schedule``: the
     rate over the steps, as the meta-model's; ``grad_clip``: the gradient's norm clipped to it, as
-    the meta-model's outer step clips to ``meta.grad_clip``; None: not clipped, the pipeline's)."""
+    the meta-model's outer step clips to ``meta.grad_clip``, which the pipeline passes; None: not clipped)."""
     model = build_vae(cfg, seed)
     data = torch.from_numpy(images)
     gen = torch.Generator().manual_seed(seed)

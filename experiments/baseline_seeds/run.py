@@ -8,8 +8,8 @@ pipeline's run reproduces its table's row: the check that this is the same measu
 ``--split val`` the same measure on the meta-val people the settings choice reads (where a model
 change is decided), at the ``--lrs`` given (each model's best of them is its figure). With
 ``--grad-clip N`` each baseline is trained here (not cached) with its gradient's norm clipped to
-N, as the meta-model's outer step clips to ``meta.grad_clip``: whether the baseline's
-initialisation spread comes from unclipped gradient spikes.
+N instead of the pipeline's ``meta.grad_clip`` (before fb6a530 the pipeline did not clip it: on
+faces its unclipped gradient spikes made the initialisation spread, docs/results/faces.md).
 
 It chooses nothing: it says whether a likelihood margin between the meta-model and ``pretrain`` is
 larger than what another initialisation of the baseline alone moves. Prints JSON. Run in a project
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lrs", type=float, nargs="+", default=None,
                     help="fine-tuning lrs to score every model at (default: each model's likelihood lr in --report)")
     ap.add_argument("--grad-clip", type=float, default=None,
-                    help="train each baseline here with its gradient norm clipped to this (default: the pipeline's, unclipped)")
+                    help="train each baseline here with its gradient norm clipped to this (default: the pipeline's meta.grad_clip, cached)")
     args = ap.parse_args(argv)
     restored = load_learner(args.checkpoint)
     params = Params.model_validate(restored.params)
